@@ -1,0 +1,86 @@
+"""The ``usnav`` command line: one typer app, one sub-app per verb group.
+
+Each verb group lives in its own module (``usnav.cli.<group>``) and keeps
+heavy imports (torch, h5py, ...) inside its commands, so ``usnav --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from usnav import __version__
+from usnav.errors import InputError
+
+app = typer.Typer(
+    name="usnav",
+    help="Intraoperative ultrasound: trackerless 3D reconstruction, compounding, brain-shift registration.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# (module, name) of the verb groups; a module exposes `app` (a typer.Typer)
+# to be mounted as `usnav <name> ...`, or `register(app)` to add top-level
+# commands itself.
+_GROUPS: list[tuple[str, str]] = [
+    ("usnav.cli.tusrec", "tusrec"),
+]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"usnav {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """usnav command line."""
+
+
+def _mount_groups() -> None:
+    for module_name, name in _GROUPS:
+        module = importlib.import_module(module_name)
+        if hasattr(module, "register"):
+            module.register(app)
+        else:
+            app.add_typer(module.app, name=name)
+
+
+_mount_groups()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input becomes one sentence on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except SystemExit as exc:  # pragma: no cover - click may raise it
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from usnav.cli import main
+
+sys.exit(main())
