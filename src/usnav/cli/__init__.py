@@ -28,6 +28,7 @@ app = typer.Typer(
 # commands itself.
 _GROUPS: list[tuple[str, str]] = [
     ("usnav.cli.tusrec", "tusrec"),
+    ("usnav.cli.simulate", "simulate"),
 ]
 
 
