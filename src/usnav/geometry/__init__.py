@@ -5,6 +5,7 @@ Naming: ``T_<to>_from_<from>``; composition reads right to left:
 Points are always ``(..., 3)`` arrays with coordinates last.
 """
 
+from usnav.geometry.tracking import chain_local, global_from_tracking, local_from_global, local_from_tracking
 from usnav.geometry.rigid import (
     apply,
     check_rigid,
@@ -22,6 +23,10 @@ from usnav.geometry.rigid import (
 )
 
 __all__ = [
+    "chain_local",
+    "global_from_tracking",
+    "local_from_global",
+    "local_from_tracking",
     "apply",
     "check_rigid",
     "compose",
