@@ -29,6 +29,7 @@ app = typer.Typer(
 _GROUPS: list[tuple[str, str]] = [
     ("usnav.cli.tusrec", "tusrec"),
     ("usnav.cli.simulate", "simulate"),
+    ("usnav.cli.compound", "compound"),
 ]
 
 
