@@ -150,3 +150,12 @@ def baseline_cmd(
             p = baseline_prediction(kind, scan.T_image0_from_image, scan.T_previous_from_image)
         write_prediction(prediction_path(out, ref), p.global_transforms, p.local_transforms)
     typer.echo(f"wrote {kind} predictions of {len(ds.scans)} scans to {out}")
+
+
+def _mount_harness() -> None:
+    from usnav.cli import tusrec_harness
+
+    tusrec_harness.register(app)
+
+
+_mount_harness()
