@@ -149,9 +149,14 @@ def mean_pixel_error(
     coeffs = np.stack([dot(a, a), 2 * dot(a, b), dot(b, b), 2 * dot(a, c), 2 * dot(b, c), dot(c, c)], axis=1)
     basis = _pixel_basis(T_mm_from_pixel, frame_shape)
     coeffs_t = torch.from_numpy(coeffs)
+    # One reused buffer: allocating a fresh (c, P) array per chunk costs more
+    # than the product itself (page faults).
+    buffer = torch.empty((min(chunk_frames, len(D)), basis.shape[1]), dtype=torch.float64)
     total = 0.0
     for start in range(0, len(D), chunk_frames):
-        squared = coeffs_t[start : start + chunk_frames] @ basis  # (c, P)
+        block = coeffs_t[start : start + chunk_frames]
+        squared = buffer[: len(block)]
+        torch.matmul(block, basis, out=squared)  # (c, P) squared distances
         total += float(squared.clamp_(min=0.0).sqrt_().sum(dtype=torch.float64))
     return total / (len(D) * basis.shape[1])
 
