@@ -38,6 +38,7 @@ __all__ = [
     "landmark_points_mm",
     "mean_pixel_error",
     "mean_landmark_error",
+    "pixel_error_per_frame",
     "pixel_points_mm",
     "score_scan",
 ]
@@ -128,12 +129,12 @@ def _pixel_basis(T_mm_from_pixel: ArrayLike, frame_shape: tuple[int, int]) -> to
     return torch.stack([X * X, X * Y, Y * Y, X, Y, torch.ones_like(X)])
 
 
-def mean_pixel_error(
+def pixel_error_per_frame(
     T_pred: ArrayLike, T_true: ArrayLike, T_mm_from_pixel: ArrayLike, frame_shape: tuple[int, int],
     chunk_frames: int = 64,
-) -> float:
-    """Mean over frames and pixels of ``|| (T_pred - T_true) @ p ||`` (mm), i.e. the
-    distance between predicted and true displacements (GPE or LPE).
+) -> NDArray[np.float64]:
+    """Per frame (M,), the mean over pixels of ``|| (T_pred - T_true) @ p ||`` (mm):
+    the distance between predicted and true displacements (a drift curve).
 
     Pixels lie in the z = 0 plane, so with ``D = (T_pred - T_true)[:3]`` and
     ``p = (X, Y, 0, 1)`` the squared distance is the quadratic form
@@ -152,13 +153,22 @@ def mean_pixel_error(
     # One reused buffer: allocating a fresh (c, P) array per chunk costs more
     # than the product itself (page faults).
     buffer = torch.empty((min(chunk_frames, len(D)), basis.shape[1]), dtype=torch.float64)
-    total = 0.0
+    per_frame = np.empty(len(D))
     for start in range(0, len(D), chunk_frames):
         block = coeffs_t[start : start + chunk_frames]
         squared = buffer[: len(block)]
         torch.matmul(block, basis, out=squared)  # (c, P) squared distances
-        total += float(squared.clamp_(min=0.0).sqrt_().sum(dtype=torch.float64))
-    return total / (len(D) * basis.shape[1])
+        per_frame[start : start + len(block)] = squared.clamp_(min=0.0).sqrt_().mean(dim=1, dtype=torch.float64).numpy()
+    return per_frame
+
+
+def mean_pixel_error(
+    T_pred: ArrayLike, T_true: ArrayLike, T_mm_from_pixel: ArrayLike, frame_shape: tuple[int, int],
+    chunk_frames: int = 64,
+) -> float:
+    """Mean over frames and pixels of the distance between predicted and true
+    displacements, mm (GPE or LPE); see :func:`pixel_error_per_frame`."""
+    return float(pixel_error_per_frame(T_pred, T_true, T_mm_from_pixel, frame_shape, chunk_frames).mean())
 
 
 def mean_landmark_error(T_pred: ArrayLike, T_true: ArrayLike, landmarks: ArrayLike, T_mm_from_pixel: ArrayLike) -> float:
