@@ -33,11 +33,29 @@ FIXED_HALF = 1 << (FIXED_BITS - 1)
 
 
 @njit(cache=True, nogil=True)
-def splat_nn(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, acc, wsum, key, order0, npix):
-    """Nearest-neighbour splat of frames (F, H, W) into flat buffers.
+def _flush(buf, key, i, mode, v, n, k):
+    j = 2 * i
+    if mode == 0:
+        buf[j] += v
+    elif mode == 1:
+        if buf[j + 1] == 0.0 or v > buf[j]:
+            buf[j] = v
+    else:
+        if k > key[i]:
+            key[i] = k
+            buf[j] = v
+    buf[j + 1] += n
 
-    acc, wsum: float32 (nx*ny*nz,). key: int64 (same size) for LATEST (else
-    length 0); order0: global index of frames[0]; npix: H*W (order stride).
+
+@njit(cache=True, nogil=True)
+def splat_nn(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, buf, key, order0, npix):
+    """Nearest-neighbour splat of frames (F, H, W) into a flat buffer.
+
+    buf: float32 (2 * nx*ny*nz,), interleaved (value or sum, weight) per
+    voxel (one cache line per voxel update). key: int64 (nx*ny*nz,) for
+    LATEST (else length 0); order0: global index of frames[0]; npix: H*W.
+    Runs of consecutive pixels landing in the same voxel are combined in
+    registers before touching memory (pixels are usually smaller than voxels).
     """
     F = frames.shape[0]
     W = frames.shape[2]
@@ -51,6 +69,10 @@ def splat_nn(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, acc, wsum, key,
             bx = m01 * y + m02 + 0.5
             by = m11 * y + m12 + 0.5
             bz = m21 * y + m22 + 0.5
+            cur = -1
+            cv = np.float32(0.0)
+            cn = np.float32(0.0)
+            ck = np.int64(0)
             for x in range(seg_x0[s], seg_x1[s] + 1):
                 fx = bx + m00 * x
                 fy = by + m10 * x
@@ -64,23 +86,29 @@ def splat_nn(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, acc, wsum, key,
                     continue
                 i = (iz * ny + iy) * nx + ix
                 v = np.float32(frames[f, y, x])
-                if mode == 0:
-                    acc[i] += v
-                    wsum[i] += np.float32(1.0)
-                elif mode == 1:
-                    if wsum[i] == 0.0 or v > acc[i]:
-                        acc[i] = v
-                    wsum[i] += np.float32(1.0)
+                if i != cur:
+                    if cur >= 0:
+                        _flush(buf, key, cur, mode, cv, cn, ck)
+                    cur = i
+                    cv = v
+                    cn = np.float32(1.0)
+                    ck = forder + y * W + x
                 else:
-                    k = forder + y * W + x
-                    if k > key[i]:
-                        key[i] = k
-                        acc[i] = v
-                    wsum[i] += np.float32(1.0)
+                    if mode == 0:
+                        cv += v
+                    elif mode == 1:
+                        if v > cv:
+                            cv = v
+                    else:
+                        cv = v
+                        ck = forder + y * W + x
+                    cn += np.float32(1.0)
+            if cur >= 0:
+                _flush(buf, key, cur, mode, cv, cn, ck)
 
 
 @njit(cache=True, nogil=True)
-def splat_linear(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, acc, wsum, key, order0, npix):
+def splat_linear(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, buf, key, order0, npix):
     """Trilinear splat: each pixel spreads over its 8 neighbouring voxels with
     trilinear weights (corners outside the grid are dropped). MEAN adds
     w*value and w; MAXIMUM and LATEST only consider corners with weight >=
@@ -125,17 +153,65 @@ def splat_linear(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, acc, wsum, 
                     if w <= 0.0:
                         continue
                     i = (cz * ny + cy) * nx + cx
+                    j = 2 * i
                     if mode == 0:
-                        acc[i] += np.float32(w) * v
-                        wsum[i] += np.float32(w)
+                        buf[j] += np.float32(w) * v
+                        buf[j + 1] += np.float32(w)
                     elif w >= 0.125:
                         if mode == 1:
-                            if wsum[i] == 0.0 or v > acc[i]:
-                                acc[i] = v
+                            if buf[j + 1] == 0.0 or v > buf[j]:
+                                buf[j] = v
                         elif k > key[i]:
                             key[i] = k
-                            acc[i] = v
-                        wsum[i] += np.float32(w)
+                            buf[j] = v
+                        buf[j + 1] += np.float32(w)
+
+
+@njit(cache=True, nogil=True)
+def merge_into(a, b, key_a, key_b, mode, start, stop):
+    """Merge interleaved buffer ``b`` into ``a`` for voxels start..stop-1."""
+    for i in range(start, stop):
+        j = 2 * i
+        wb = b[j + 1]
+        if wb == 0.0:
+            continue
+        wa = a[j + 1]
+        if mode == 0:
+            a[j] += b[j]
+        elif mode == 1:
+            if wa == 0.0 or b[j] > a[j]:
+                a[j] = b[j]
+        else:
+            if key_b[i] > key_a[i]:
+                key_a[i] = key_b[i]
+                a[j] = b[j]
+        a[j + 1] = wa + wb
+
+
+@njit(cache=True, nogil=True)
+def finalize(buf, mode, out, weight, is_int, lo, hi, start, stop):
+    """Values and weights from an interleaved buffer, voxels start..stop-1.
+
+    MEAN divides the sum by the weight; unhit voxels become 0. ``out`` is
+    float32 (lo/hi ignored) or an integer array (rounded to nearest, clipped
+    to [lo, hi]) when ``is_int``."""
+    for i in range(start, stop):
+        w = buf[2 * i + 1]
+        v = buf[2 * i]
+        if w == 0.0:
+            v = np.float32(0.0)
+        elif mode == 0:
+            v = v / w
+        weight[i] = w
+        if is_int:
+            r = np.floor(v + 0.5)
+            if r < lo:
+                r = lo
+            if r > hi:
+                r = hi
+            out[i] = r
+        else:
+            out[i] = v
 
 
 # --------------------------------------------------------------------------------------

@@ -195,10 +195,9 @@ def compound_frames(
 
     bufs = []
     for _ in range(nthreads):
-        acc = np.zeros(nvox, np.float32)
-        w = np.zeros(nvox, np.float32)
+        buf = np.zeros(2 * nvox, np.float32)
         key = np.full(nvox, -1, np.int64) if mode == "latest" else np.zeros(0, np.int64)
-        bufs.append((acc, w, key))
+        bufs.append((buf, key))
 
     lock = threading.Lock()
     done = [0]
@@ -206,17 +205,27 @@ def compound_frames(
     assignments = [chunks[t::nthreads] for t in range(nthreads)]
 
     def work(t: int) -> None:
-        acc, w, key = bufs[t]
+        buf, key = bufs[t]
         for ch in assignments[t]:
             a, b = int(ch[0]), int(ch[-1]) + 1
             block = np.asarray(frames[a:b])
             if block.dtype not in (np.uint8, np.float32):
                 block = block.astype(np.float32)
-            kernel(block, np.ascontiguousarray(M_all[a:b]), sy, sx0, sx1, nx, ny, nz, code, acc, w, key, a, npix)
+            kernel(block, np.ascontiguousarray(M_all[a:b]), sy, sx0, sx1, nx, ny, nz, code, buf, key, a, npix)
             with lock:
                 done[0] += b - a
                 if progress is not None:
                     progress(done[0], len(idx))
+
+    def parallel(fn, *args) -> None:
+        """Run fn(*args, start, stop) over voxel ranges on the worker threads."""
+        parts = np.linspace(0, nvox, max(1, threads) + 1).astype(np.int64)
+        ranges = [(int(parts[i]), int(parts[i + 1])) for i in range(len(parts) - 1)]
+        if len(ranges) == 1:
+            fn(*args, *ranges[0])
+            return
+        with ThreadPoolExecutor(len(ranges)) as ex:
+            list(ex.map(lambda r: fn(*args, *r), ranges))
 
     if nthreads == 1:
         work(0)
@@ -224,40 +233,34 @@ def compound_frames(
         with ThreadPoolExecutor(nthreads) as ex:
             list(ex.map(work, range(nthreads)))
 
-    acc, w, key = bufs[0]
-    for acc2, w2, key2 in bufs[1:]:
-        if mode == "mean":
-            acc += acc2
-        elif mode == "max":
-            both = (w > 0) & (w2 > 0)
-            np.maximum(acc, acc2, out=acc, where=both)
-            only2 = (w == 0) & (w2 > 0)
-            acc[only2] = acc2[only2]
-        else:
-            newer = key2 > key
-            acc[newer] = acc2[newer]
-            key[newer] = key2[newer]
-        w += w2
-        del acc2, w2, key2
+    buf, key = bufs[0]
+    for buf2, key2 in bufs[1:]:
+        parallel(K.merge_into, buf, buf2, key, key2, code)
     bufs.clear()
-    hit = w > 0
-    if mode == "mean":
-        np.divide(acc, w, out=acc, where=hit)
-    acc[~hit] = 0.0
+    del key
 
     in_dtype = np.dtype(getattr(frames, "dtype", np.float32))
     dtype = np.dtype(out_dtype) if out_dtype is not None else (np.dtype(np.uint8) if in_dtype == np.uint8 else np.dtype(np.float32))
-    vol_zyx = acc.reshape(nz, ny, nx)
-    w_zyx = w.reshape(nz, ny, nx)
+    weight = np.empty(nvox, np.float32)
     if fill_holes:
         from usnav.compound.holes import apply_hole_filling
 
-        vol_zyx = apply_hole_filling(vol_zyx, w_zyx, fill_holes, integer=np.issubdtype(dtype, np.integer))
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        out = np.clip(np.rint(vol_zyx), info.min, info.max).astype(dtype)
+        val = np.empty(nvox, np.float32)
+        parallel(K.finalize, buf, code, val, weight, False, 0.0, 0.0)
+        del buf
+        vol_zyx = apply_hole_filling(val.reshape(nz, ny, nx), weight.reshape(nz, ny, nx), fill_holes)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            out = np.clip(np.rint(vol_zyx), info.min, info.max).astype(dtype)
+        else:
+            out = vol_zyx.astype(dtype, copy=False)
     else:
-        out = vol_zyx.astype(dtype, copy=False)
+        flat = np.empty(nvox, dtype if dtype in (np.dtype(np.float32),) or np.issubdtype(dtype, np.integer) else np.float32)
+        lo, hi = (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)) if np.issubdtype(dtype, np.integer) else (0.0, 0.0)
+        parallel(K.finalize, buf, code, flat, weight, bool(np.issubdtype(dtype, np.integer)), lo, hi)
+        del buf
+        out = flat.reshape(nz, ny, nx).astype(dtype, copy=False)
+    w_zyx = weight.reshape(nz, ny, nx)
     return Volume(out.transpose(2, 1, 0), grid.T_world_from_voxel, weight=w_zyx.transpose(2, 1, 0))
 
 
