@@ -30,6 +30,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("usnav.cli.tusrec", "tusrec"),
     ("usnav.cli.simulate", "simulate"),
     ("usnav.cli.compound", "compound"),
+    ("usnav.cli.leaderboard", "leaderboard"),
 ]
 
 

@@ -1,0 +1,451 @@
+"""The TUS-REC 2025 submission harness: run ``predict_ddfs.py``, time it, score it.
+
+A submission folder follows the official docker layout: ``predict_ddfs.py``
+defines ``predict_ddfs(frames, landmark, data_path_calib, device)`` taking
+
+- frames: (N, H, W) uint8, the whole scan in memory,
+- landmark: (K, 3) int64, (frame index 0-based >= 1, pixel x 1-based, pixel y 1-based),
+- data_path_calib: path (str) of ``calib_matrix.csv``,
+- device: a ``torch.device``,
+
+and returning GP (N-1, 3, H*W), GL (3, K), LP (N-1, 3, H*W), LL (3, K):
+displacements in mm, floating point, finite (FORMATS.md section 1).
+
+The submission runs in a child process (:mod:`usnav.harness.sandbox`) with an
+address-space limit; every scan has a time limit covering loading its
+frames, the call and saving the four arrays (the reported ``time_s`` covers
+only the call, as the official ``test.py`` measures it). A scan whose call
+times out, crashes the process, raises, or returns arrays of the wrong
+shape/dtype or with NaN/Inf is reported with its status and one message, and
+the harness carries on with the next scan (a fresh process after a crash or a
+timeout). An import error of the submission is reported for every scan.
+
+Scoring never holds a second copy of the pixel arrays: the returned arrays
+are memory-mapped from the child's ``.npy`` files and compared, chunk of
+frames by chunk, with the true displacements from
+:func:`usnav.metrics.tusrec.iter_pixel_ddfs`, accumulating in float64.
+
+Outputs (folder written atomically):
+
+- ``metrics.h5``: datasets ``GPE``, ``GLE``, ``LPE``, ``LLE`` (mm) and
+  ``time_elapsed`` per scan in ``dataset_keys.h5`` order, as the official
+  ``test.py`` writes them; ``time_elapsed`` is in minutes like the official
+  code (``(end - start) / 60``). Failed scans hold NaN. Attributes ``keys``
+  (scan keys) and ``status`` (per scan) are added.
+- ``results.json``: per scan the errors, identity errors, normalised scores,
+  final score, status, message and seconds; a summary (see
+  :func:`summarise_results`).
+- ``submission.log``: everything the submission printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from usnav import __version__
+from usnav.errors import InputError, input_error
+from usnav.harness.sandbox import CallResult, Sandbox
+from usnav.io.atomic import atomic_dir
+from usnav.io.tusrec import CALIB_FILENAME, ScanRef, TusrecDataset, open_dataset
+from usnav.metrics.tusrec import METRICS, iter_pixel_ddfs, landmark_ddf, mean_landmark_error, mean_pixel_error
+
+__all__ = [
+    "STATUSES",
+    "OutputError",
+    "ScanResult",
+    "check_outputs",
+    "evaluate_submission",
+    "identity_errors",
+    "score_outputs",
+    "summarise_results",
+]
+
+#: every status a scan can end with
+STATUSES = ("ok", "invalid", "exception", "timeout", "crash", "import-error")
+RESULTS_JSON = "results.json"
+METRICS_H5 = "metrics.h5"
+LOG_NAME = "submission.log"
+_CHUNK_FRAMES = 16
+
+
+class OutputError(ValueError):
+    """A submission returned arrays that break the official interface (one sentence)."""
+
+
+@dataclass
+class ScanResult:
+    """One scan's outcome. Errors in mm (None if not scored), time in seconds."""
+
+    key: str
+    subject: str
+    scan: str
+    status: str
+    message: str = ""
+    time_s: float | None = None
+    GPE: float | None = None
+    GLE: float | None = None
+    LPE: float | None = None
+    LLE: float | None = None
+    GPE_identity: float | None = None
+    GLE_identity: float | None = None
+    LPE_identity: float | None = None
+    LLE_identity: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def normalised(self, metric: str) -> float | None:
+        """``1 - M / M_identity`` (None when the scan failed or the metric is undefined)."""
+        value, ref = getattr(self, metric), getattr(self, f"{metric}_identity")
+        if value is None or ref is None:
+            return None
+        if ref == 0.0:
+            return 1.0 if value == 0.0 else float("-inf")
+        return 1.0 - value / ref
+
+    @property
+    def score(self) -> float | None:
+        parts = [s for s in (self.normalised(m) for m in METRICS) if s is not None]
+        return float(np.mean(parts)) if parts else None
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("extra")
+        for m in METRICS:
+            out[f"{m}_score"] = self.normalised(m)
+        out["score"] = self.score
+        return out
+
+
+# --------------------------------------------------------------------------- checking and scoring
+
+
+def _check_array(arr, name: str, expected: tuple[int, ...], meaning: str) -> None:
+    if tuple(arr.shape) != expected:
+        raise OutputError(f"{name} has shape {tuple(arr.shape)}, expected {expected} ({meaning})")
+    if arr.dtype.kind != "f":
+        raise OutputError(f"{name} has dtype {arr.dtype}, expected a floating-point array (float32) of displacements in mm")
+
+
+def check_outputs(GP, GL, LP, LL, n_frames: int, frame_shape: tuple[int, int], n_landmarks: int) -> None:
+    """Shapes and dtypes of the four arrays; NaN/Inf of the small ones (the pixel
+    arrays are checked chunk by chunk while scoring). Raises :class:`OutputError`."""
+    H, W = frame_shape
+    scan = f"a {n_frames}-frame {H}x{W} scan"
+    _check_array(GP, "GP", (n_frames - 1, 3, H * W), f"N-1, 3, H*W for {scan}")
+    _check_array(GL, "GL", (3, n_landmarks), f"3, K for {n_landmarks} landmarks")
+    _check_array(LP, "LP", (n_frames - 1, 3, H * W), f"N-1, 3, H*W for {scan}")
+    _check_array(LL, "LL", (3, n_landmarks), f"3, K for {n_landmarks} landmarks")
+    for name, arr in (("GL", GL), ("LL", LL)):
+        bad = ~np.isfinite(np.asarray(arr))
+        if bad.any():
+            k = int(np.flatnonzero(bad.any(axis=0))[0])
+            raise OutputError(f"{name} contains NaN or Inf (first at landmark {k})")
+
+
+def _pixel_error(pred, T_true: np.ndarray, S: np.ndarray, frame_shape: tuple[int, int], name: str,
+                 chunk_frames: int) -> float:
+    """Mean distance (mm) between a (N-1, 3, P) array (possibly memory-mapped) and
+    the true displacements of ``T_true``, in chunks, float64 accumulation."""
+    total = 0.0
+    count = 0
+    for start, truth in iter_pixel_ddfs(T_true, S, frame_shape, chunk_frames=chunk_frames, dtype=np.float64):
+        chunk = np.asarray(pred[start : start + len(truth)], dtype=np.float64)
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            frame = start + int(np.flatnonzero(~finite.all(axis=(1, 2)))[0])
+            raise OutputError(f"{name} contains NaN or Inf (first in row {frame}, i.e. frame {frame + 1})")
+        diff = chunk - truth
+        total += float(np.sqrt(np.einsum("fcp,fcp->fp", diff, diff)).sum())
+        count += diff.shape[0] * diff.shape[2]
+    return total / count
+
+
+def score_outputs(
+    GP, GL, LP, LL,
+    true_global: np.ndarray,
+    true_local: np.ndarray,
+    T_mm_from_pixel: np.ndarray,
+    frame_shape: tuple[int, int],
+    landmarks: np.ndarray,
+    chunk_frames: int = _CHUNK_FRAMES,
+) -> dict[str, float | None]:
+    """Check the four arrays and return GPE, GLE, LPE, LLE (mm) and the identity errors.
+
+    GP/LP: (N-1, 3, H*W) arrays (numpy or memory-mapped); GL/LL: (3, K).
+    true_global/true_local: (N-1, 4, 4) ground-truth transforms (image-mm).
+    landmarks: (K, 3) (frame, x, y); K = 0 gives GLE = LLE = None.
+    Raises :class:`OutputError` for a wrong shape, dtype, NaN or Inf.
+    """
+    n_frames = len(true_global) + 1
+    K = len(landmarks)
+    check_outputs(GP, GL, LP, LL, n_frames, frame_shape, K)
+    S = np.asarray(T_mm_from_pixel, dtype=np.float64)
+    out: dict[str, float | None] = {}
+    out["GPE"] = _pixel_error(GP, true_global, S, frame_shape, "GP", chunk_frames)
+    out["LPE"] = _pixel_error(LP, true_local, S, frame_shape, "LP", chunk_frames)
+    out["GLE"] = out["LLE"] = None
+    if K:
+        for name, arr, T in (("GLE", GL, true_global), ("LLE", LL, true_local)):
+            diff = np.asarray(arr, dtype=np.float64) - landmark_ddf(T, landmarks, S)
+            out[name] = float(np.linalg.norm(diff, axis=0).mean())
+    out.update(identity_errors(true_global, true_local, S, frame_shape, landmarks))
+    return out
+
+
+def identity_errors(true_global: np.ndarray, true_local: np.ndarray, T_mm_from_pixel: np.ndarray,
+                    frame_shape: tuple[int, int], landmarks: np.ndarray) -> dict[str, float | None]:
+    """Errors (mm) of the identity prediction: ``GPE_identity`` ... ``LLE_identity``
+    (landmark ones None without landmarks)."""
+    S = np.asarray(T_mm_from_pixel, dtype=np.float64)
+    eye = np.broadcast_to(np.eye(4), np.shape(true_global))
+    out: dict[str, float | None] = {
+        "GPE_identity": mean_pixel_error(eye, true_global, S, frame_shape),
+        "LPE_identity": mean_pixel_error(eye, true_local, S, frame_shape),
+        "GLE_identity": None,
+        "LLE_identity": None,
+    }
+    if len(landmarks):
+        out["GLE_identity"] = mean_landmark_error(eye, true_global, landmarks, S)
+        out["LLE_identity"] = mean_landmark_error(eye, true_local, landmarks, S)
+    return out
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+def _check_submission(submission: Path) -> Path:
+    if not submission.is_dir():
+        raise input_error(submission, "submission folder not found")
+    entry = submission / "predict_ddfs.py"
+    if not entry.is_file():
+        raise input_error(submission, "is not a TUS-REC submission: it has no predict_ddfs.py")
+    return entry
+
+
+def _check_ground_truth(ds: TusrecDataset) -> list[tuple[ScanRef, int, tuple[int, int], np.ndarray]]:
+    """Open every scan once, before running anything: bad data is the organiser's
+    input error (exit code 2), not the submission's fault."""
+    info = []
+    for ref in ds.scans:
+        with ds.open_scan(ref) as scan:
+            if scan.tforms is None:
+                raise input_error(ds.frames_path(ref), f"scan {ref} has no ground-truth transforms (transfs/{ref.subject}/{ref.scan}.h5)")
+            landmarks = scan.landmarks if scan.landmarks is not None else np.zeros((0, 3), dtype=np.int64)
+            info.append((ref, scan.n_frames, scan.frame_shape, landmarks))
+    return info
+
+
+def default_memory_limit_gb() -> float:
+    """75% of the machine's physical memory, in GB."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # pragma: no cover
+        return 16.0
+    return 0.75 * pages / 1e9
+
+
+def evaluate_submission(
+    submission: str | Path,
+    data: str | Path,
+    out: str | Path,
+    device: str = "cpu",
+    time_limit_s: float = 3600.0,
+    memory_limit_gb: float | None = None,
+    team: str | None = None,
+    on_scan: Callable[[ScanResult], None] | None = None,
+    work_dir: str | Path | None = None,
+) -> dict:
+    """Run a submission on every scan of ``data`` and write ``out`` (see module doc).
+
+    Returns the JSON summary. Raises InputError only for the organiser's
+    inputs (missing submission entry point, bad data set, bad limits).
+    """
+    submission = Path(submission).resolve()
+    entry = _check_submission(submission)
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"--device must be cpu or cuda, got {device!r}")
+    if not (time_limit_s > 0):
+        raise InputError(f"--time-limit must be positive, got {time_limit_s:g} s")
+    if memory_limit_gb is None:
+        memory_limit_gb = default_memory_limit_gb()
+    if not (memory_limit_gb > 0):
+        raise InputError(f"--memory-limit-gb must be positive, got {memory_limit_gb:g}")
+    ds = open_dataset(data)
+    assert ds.calibration is not None
+    scans = _check_ground_truth(ds)
+    out = Path(out)
+    calib_path = str((ds.root / CALIB_FILENAME).resolve())
+    S = ds.calibration.T_mm_from_pixel
+
+    results: list[ScanResult] = []
+    with atomic_dir(out) as tmp_out:
+        log_path = tmp_out / LOG_NAME
+        argv = [sys.executable, "-m", "usnav.harness._tusrec_worker", str(submission), "--device", device,
+                "--memory-limit-bytes", str(int(memory_limit_gb * 1e9))]
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        sandbox = Sandbox(argv, log_path, cwd=submission, env=env, startup_timeout_s=time_limit_s)
+        import_failure: str | None = None
+        with tempfile.TemporaryDirectory(prefix="usnav-harness-", dir=work_dir) as work, sandbox:
+            for ref, n_frames, frame_shape, landmarks in scans:
+                result = ScanResult(key=ref.key, subject=ref.subject, scan=ref.scan, status="ok")
+                if import_failure is None and not sandbox.alive:
+                    started = sandbox.start()
+                    if started.status != "ok":
+                        import_failure = f"the submission could not start: {started.message}"
+                    elif started.reply.get("event") != "ready":
+                        import_failure = f"{entry.name} failed to import: {started.reply.get('message', '')}"
+                if import_failure is not None:
+                    result.status, result.message = "import-error", import_failure
+                else:
+                    scan_dir = Path(work) / ref.key
+                    scan_dir.mkdir()
+                    try:
+                        _run_scan(sandbox, result, ds, ref, n_frames, frame_shape, landmarks, calib_path, scan_dir,
+                                  time_limit_s, S)
+                    finally:
+                        shutil.rmtree(scan_dir, ignore_errors=True)
+                if result.GPE_identity is None:
+                    with ds.open_scan(ref) as scan:
+                        ident = identity_errors(scan.T_image0_from_image, scan.T_previous_from_image, S, frame_shape,
+                                                landmarks)
+                    for k, v in ident.items():
+                        setattr(result, k, v)
+                _log(log_path, f"[usnav harness] {ref.key}: {result.status}" + (f": {result.message}" if result.message else ""))
+                results.append(result)
+                if on_scan is not None:
+                    on_scan(result)
+        summary = summarise_results(
+            results, team=team, submission=str(submission), data=str(Path(data).resolve()), device=device,
+            time_limit_s=time_limit_s, memory_limit_gb=memory_limit_gb,
+        )
+        write_metrics_h5(tmp_out / METRICS_H5, results)
+        (tmp_out / RESULTS_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
+
+
+def _log(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def _run_scan(sandbox: Sandbox, result: ScanResult, ds: TusrecDataset, ref: ScanRef, n_frames: int,
+              frame_shape: tuple[int, int], landmarks: np.ndarray, calib_path: str, scan_dir: Path,
+              time_limit_s: float, S: np.ndarray) -> None:
+    lm_path = scan_dir / "landmark.npy"
+    np.save(lm_path, landmarks.astype(np.int64))
+    request = {"frames_path": str(ds.frames_path(ref).resolve()), "landmarks_npy": str(lm_path),
+               "calib_path": calib_path, "out_dir": str(scan_dir)}
+    call: CallResult = sandbox.call(request, timeout_s=time_limit_s)
+    if call.status != "ok":
+        result.status, result.message = call.status, call.message
+        if call.status == "timeout":
+            result.time_s = time_limit_s
+        return
+    reply = call.reply or {}
+    event = reply.get("event")
+    result.time_s = reply.get("time_s")
+    if event == "exception":
+        result.status, result.message = "exception", f"predict_ddfs raised {reply.get('message', '')}"
+        return
+    if event == "invalid":
+        result.status, result.message = "invalid", str(reply.get("message", ""))
+        return
+    if event != "done":
+        result.status, result.message = "crash", f"unexpected reply from the submission process: {event!r}: {reply.get('message', '')}"
+        sandbox.kill()
+        return
+    try:
+        arrays = {name: np.load(scan_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ("GP", "GL", "LP", "LL")}
+    except (OSError, ValueError) as exc:
+        result.status, result.message = "invalid", f"the returned arrays could not be read back ({exc})"
+        return
+    with ds.open_scan(ref) as scan:
+        true_global, true_local = scan.T_image0_from_image, scan.T_previous_from_image
+    try:
+        errors = score_outputs(arrays["GP"], arrays["GL"], arrays["LP"], arrays["LL"], true_global, true_local, S,
+                               frame_shape, landmarks)
+    except OutputError as exc:
+        result.status, result.message = "invalid", str(exc)
+        return
+    finally:
+        del arrays
+    for k, v in errors.items():
+        setattr(result, k, v)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def summarise_results(results: list[ScanResult], **meta) -> dict:
+    """The JSON summary written as ``results.json``.
+
+    ``scans``: one entry per scan (key, subject, scan, status, message, time_s,
+    GPE, GLE, LPE, LLE, the ``*_identity`` errors, ``*_score`` normalised scores
+    and ``score``; the same keys as ``usnav tusrec score --json``).
+    ``summary``: counts per status; ``mean`` of each metric over the scored
+    scans; ``score_failed_as_identity``: mean final score when every failed
+    scan counts as the identity prediction (score 0, the 2025 leaderboard rule
+    of :mod:`usnav.leaderboard.tusrec`); total and mean seconds.
+    """
+    rows = [r.as_dict() for r in results]
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+    mean: dict[str, float | None] = {}
+    for k in [*METRICS, *(f"{m}_identity" for m in METRICS), *(f"{m}_score" for m in METRICS), "score"]:
+        values = [row[k] for row in rows if row["status"] == "ok" and row[k] is not None]
+        mean[k] = float(np.mean(values)) if values else None
+    per_scan = [(r.score if r.status == "ok" and r.score is not None else 0.0) for r in results]
+    times = [r.time_s for r in results if r.time_s is not None]
+    summary = {
+        "challenge": "tusrec",
+        "usnav_version": __version__,
+        **{k: v for k, v in meta.items() if v is not None},
+        "metrics": list(METRICS),
+        "scans": rows,
+        "summary": {
+            "n_scans": len(results),
+            "status_counts": counts,
+            "mean": mean,
+            "score_failed_as_identity": float(np.mean(per_scan)) if per_scan else None,
+            "time_total_s": float(sum(times)) if times else None,
+            "time_mean_s": float(np.mean(times)) if times else None,
+        },
+    }
+    return _finite_json(summary)
+
+
+def _finite_json(obj):
+    """Replace non-finite floats by None so the JSON is strict."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def write_metrics_h5(path: Path, results: list[ScanResult]) -> None:
+    """The official ``metrics.h5``: GPE, GLE, LPE, LLE (mm), time_elapsed (minutes), NaN for failed scans."""
+    import h5py
+
+    def column(name: str) -> np.ndarray:
+        return np.array([np.nan if getattr(r, name) is None else float(getattr(r, name)) for r in results], dtype=np.float64)
+
+    with h5py.File(path, "w") as f:
+        for name in METRICS:
+            f.create_dataset(name, data=column(name), track_times=False)
+        minutes = np.array([np.nan if r.time_s is None else r.time_s / 60.0 for r in results], dtype=np.float64)
+        ds = f.create_dataset("time_elapsed", data=minutes, track_times=False)
+        ds.attrs["units"] = "minutes, (end - start) / 60 as the official test.py"
+        f.attrs["keys"] = np.array([r.key for r in results], dtype="S")
+        f.attrs["status"] = np.array([r.status for r in results], dtype="S")

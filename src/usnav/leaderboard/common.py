@@ -1,0 +1,65 @@
+"""Reading results files for the leaderboards: one sentence per bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from usnav.errors import input_error
+
+__all__ = ["load_results_json", "team_name", "competition_ranks", "check_unique_teams"]
+
+
+def load_results_json(path: str | Path, default_name: str = "results.json") -> tuple[dict[str, Any], Path, str]:
+    """Read a results JSON given as a file or a results folder holding ``default_name``.
+
+    Returns (document, file path, team name): the ``team`` field of the JSON if
+    present, else the results folder's name (a file's folder when the file is
+    named ``default_name``, else the file's stem).
+    """
+    path = Path(path)
+    if path.is_dir():
+        file = path / default_name
+        if not file.is_file():
+            raise input_error(path, f"results folder has no {default_name}")
+        fallback = path.resolve().name
+    elif path.is_file():
+        file = path
+        fallback = path.resolve().parent.name if path.name == default_name else path.name.split(".")[0]
+    else:
+        raise input_error(path, "results file or folder not found")
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise input_error(file, "is not a UTF-8 text file") from None
+    except json.JSONDecodeError as exc:
+        raise input_error(file, f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(doc, dict):
+        raise input_error(file, "must hold a JSON object")
+    team = doc.get("team")
+    if team is not None and (not isinstance(team, str) or not team.strip()):
+        raise input_error(file, "field 'team' must be a non-empty string")
+    return doc, file, (team.strip() if team else fallback)
+
+
+def team_name(doc: dict, fallback: str) -> str:
+    team = doc.get("team")
+    return team.strip() if isinstance(team, str) and team.strip() else fallback
+
+
+def check_unique_teams(teams: list[tuple[str, Path]]) -> None:
+    """InputError if two results files carry the same team name."""
+    seen: dict[str, Path] = {}
+    for team, file in teams:
+        if team in seen:
+            raise input_error(file, f"team name {team!r} is also used by {seen[team]}; give each team its own folder or 'team' field")
+        seen[team] = file
+
+
+def competition_ranks(keys: list[tuple]) -> list[int]:
+    """Standard competition ranks ("1224") of already sorted keys: equal keys share a rank."""
+    ranks: list[int] = []
+    for i, key in enumerate(keys):
+        ranks.append(ranks[-1] if i and key == keys[i - 1] else i + 1)
+    return ranks
