@@ -146,3 +146,16 @@ def test_plus_cli_bad_inputs(plus_dir: Path, tmp_path, capsys):
     assert main(["compound", "plus", str(truncated), str(good_cfg), str(out)]) == 2
     assert "truncated" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_tusrec_absurd_prediction_is_an_input_error(tusrec_scan, tmp_path, capsys):
+    from usnav.io.tusrec import write_prediction
+
+    scan, calib, _ = tusrec_scan
+    G = np.broadcast_to(np.eye(4), (39, 4, 4)).copy()
+    G[-1, :3, 3] = [5e4, 5e4, 5e4]  # 50 m away
+    bad = tmp_path / "far.h5"
+    write_prediction(bad, G, G)
+    out = tmp_path / "v.nii.gz"
+    assert main(["compound", "tusrec", str(scan), str(out), "--calib", str(calib), "--pred", str(bad)]) == 2
+    assert "too large" in capsys.readouterr().err and not out.exists()

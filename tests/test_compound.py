@@ -176,3 +176,44 @@ def test_plus_reference_reconstructions(plus_dir: Path, config, ref):
     diff = np.abs(mine.astype(int) - expected.astype(int))
     assert (diff <= 1).mean() >= 0.99
     assert diff.mean() < 0.05
+
+
+FAN_CONFIG = """<PlusConfiguration version="2.1">
+  <CoordinateDefinitions>
+    <Transform From="Image" To="Probe" Matrix="0.3 0 0 -15  0 0.3 0 0  0 0 0.3 0  0 0 0 1"/>
+  </CoordinateDefinitions>
+  <VolumeReconstruction OutputSpacing="0.6 0.6 0.6" ClipRectangleOrigin="5 2" ClipRectangleSize="90 70"
+    FanAnglesDeg="-40 35" FanOriginPixel="50 0" FanRadiusStartPixel="12" FanRadiusStopPixel="70"
+    Interpolation="{interp}" CompoundingMode="{mode}" FillHoles="OFF"/>
+</PlusConfiguration>
+"""
+
+
+@pytest.mark.parametrize("interp, mode, fast", [("NEAREST_NEIGHBOR", "LATEST", ("nn", "latest")), ("NEAREST_NEIGHBOR", "MAXIMUM", ("nn", "max")), ("LINEAR", "LATEST", ("linear", "latest"))])
+def test_plus_path_with_fan_matches_fast_path(tmp_path, rng, interp, mode, fast):
+    """The PLUS-conformant path (fixed point, PLUS fan rows) and the fast path
+    agree on a fan-masked sweep, and invalid frames are skipped by both."""
+    from usnav.geometry import matrix_from_params
+    from usnav.io.plus import frame_transforms, read_config, read_sequence, write_sequence
+
+    n = 12
+    frames = rng.integers(0, 200, (n, 80, 100), dtype=np.uint8)
+    frames[4] = 255  # marked invalid below: must not show up
+    probe = np.stack([matrix_from_params([0.02 * i, 0.1 * np.sin(i), 0.0, 0.0, 0.0, 0.8 * i]) for i in range(n)])
+    ref = np.broadcast_to(matrix_from_params([0.1, 0.2, 0.3, 10, 20, 30]), (n, 4, 4))
+    ok = np.ones(n, bool)
+    ok[4] = False
+    seq_path = write_sequence(tmp_path / "s.igs.mha", frames, {"ProbeToTracker": probe, "ReferenceToTracker": ref}, transform_valid={"ProbeToTracker": ok})
+    (tmp_path / "c.xml").write_text(FAN_CONFIG.format(interp=interp, mode=mode))
+    seq, cfg = read_sequence(seq_path), read_config(tmp_path / "c.xml")
+    res = reconstruct_plus(seq, cfg)
+    assert res.frames_inserted == n - 1
+    v = res.volume
+    T, valid = frame_transforms(seq, cfg)
+    from usnav.compound.plus import plus_mask
+
+    f = compound_frames(seq.frames, T, grid=Grid(tuple(v.origin_mm), tuple(v.spacing_mm), v.shape), method=fast[0], mode=fast[1], mask=plus_mask(cfg), valid=valid)
+    a, b = np.asarray(v.array).astype(int), np.asarray(f.array).astype(int)
+    assert (res.accumulation > 0).mean() > 0.05
+    assert (np.abs(a - b) <= 1).mean() > 0.98
+    assert a.max() < 255 and b.max() < 255

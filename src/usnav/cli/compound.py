@@ -82,7 +82,7 @@ def tusrec(
     """Compound a TUS-REC scan with its tracked or predicted transforms."""
     import numpy as np
 
-    from usnav.compound import HoleFiller, compound_frames, pixel_to_image_mm
+    from usnav.compound import HoleFiller, PixelMask, clipped_corners, compound_frames, grid_from_frames, pixel_to_image_mm
     from usnav.errors import InputError, input_error
     from usnav.io.tusrec import read_calibration, read_prediction, read_scan_file
 
@@ -108,11 +108,16 @@ def tusrec(
     # pixel (column c, row r) 0-based -> image-mm: S @ (c+1, r+1, 0, 1)
     sx, sy = cal.pixel_spacing_mm
     T_world_from_pixel = T_image0_from_image @ pixel_to_image_mm((sx, sy), one_based=True)
+    H, W = s.frame_shape
+    try:
+        grid = grid_from_frames(T_world_from_pixel, clipped_corners(PixelMask(), H, W), spacing, max_voxels=400_000_000)
+    except ValueError as exc:
+        raise input_error(pred or scan, f"cannot place the frames in a volume: {exc} (check the transforms or use a larger --spacing)") from None
     fillers = [HoleFiller("stick", stick_length=9, n_sticks=1), HoleFiller("gaussian", size=5, stdev=1.0, min_ratio=0.1)] if fill_holes else None
     bar, update = _progress("compounding")
     with bar:
         vol = compound_frames(
-            s.frames, T_world_from_pixel, spacing_mm=spacing, method=method, mode=mode, fill_holes=fillers,
+            s.frames, T_world_from_pixel, grid=grid, method=method, mode=mode, fill_holes=fillers,
             threads=threads, progress=update,
         )
     s.close()

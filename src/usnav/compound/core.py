@@ -69,7 +69,7 @@ def grid_from_frames(
     spacing_mm: float | tuple[float, float, float],
     valid: np.ndarray | None = None,
     rounding: str = "ceil",
-    max_voxels: int = 2_000_000_000,
+    max_voxels: int = 400_000_000,
 ) -> Grid:
     """Bounding grid of the frames' (clipped) corners, as PLUS computes it.
 
