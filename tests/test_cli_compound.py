@@ -159,3 +159,14 @@ def test_tusrec_absurd_prediction_is_an_input_error(tusrec_scan, tmp_path, capsy
     out = tmp_path / "v.nii.gz"
     assert main(["compound", "tusrec", str(scan), str(out), "--calib", str(calib), "--pred", str(bad)]) == 2
     assert "too large" in capsys.readouterr().err and not out.exists()
+
+
+def test_tusrec_nifti_world_ras(tusrec_scan, tmp_path):
+    import nibabel as nib
+
+    scan, calib, _ = tusrec_scan
+    a, b = tmp_path / "lps.nii.gz", tmp_path / "ras.nii.gz"
+    assert main(["compound", "tusrec", str(scan), str(a), "--calib", str(calib)]) == 0
+    assert main(["compound", "tusrec", str(scan), str(b), "--calib", str(calib), "--nifti-world", "ras"]) == 0
+    A, B = nib.load(str(a)).affine, nib.load(str(b)).affine
+    assert np.allclose(np.diag([-1, -1, 1, 1]) @ A, B, atol=1e-5)

@@ -78,8 +78,16 @@ def tusrec(
     mode: str = typer.Option("mean", "--mode", help="mean, max or latest."),
     fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill unhit voxels (PLUS stick filler, then a 5^3 Gaussian)."),
     threads: int = typer.Option(2, "--threads", help="Worker threads."),
+    nifti_world: str = typer.Option(
+        "lps", "--nifti-world",
+        help="lps: NIfTI affine = diag(-1,-1,1) @ voxel->image-mm, so ITK/Slicer read image-mm (as for .mha); "
+        "ras: nibabel affine maps voxels to image-mm directly.",
+    ),
 ) -> None:
-    """Compound a TUS-REC scan with its tracked or predicted transforms."""
+    """Compound a TUS-REC scan with its tracked or predicted transforms.
+
+    The volume lives in frame 0's image-mm space: pixel (x, y) (1-based) of
+    frame 0 is at (x * sx, y * sy, 0) mm with (sx, sy) from the calibration."""
     import numpy as np
 
     from usnav.compound import HoleFiller, PixelMask, clipped_corners, compound_frames, grid_from_frames, pixel_to_image_mm
@@ -90,6 +98,8 @@ def tusrec(
         raise InputError(f"--method must be nn or linear, got {method!r}")
     if mode not in ("mean", "max", "latest"):
         raise InputError(f"--mode must be mean, max or latest, got {mode!r}")
+    if nifti_world not in ("lps", "ras"):
+        raise InputError(f"--nifti-world must be lps or ras, got {nifti_world!r}")
     if not (spacing > 0 and np.isfinite(spacing)):
         raise InputError(f"--spacing must be a positive number of mm, got {spacing}")
     _check_output(out)
@@ -121,5 +131,5 @@ def tusrec(
             threads=threads, progress=update,
         )
     s.close()
-    vol.save(out)
+    vol.save(out, nifti_world=nifti_world)
     typer.echo(f"{out}: {vol.shape[0]}x{vol.shape[1]}x{vol.shape[2]} voxels at {spacing:g} mm, {(vol.weight > 0).mean() * 100:.1f}% voxels hit")

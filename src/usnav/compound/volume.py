@@ -59,13 +59,15 @@ class Volume:
         org = ", ".join(f"{v:.4g}" for v in self.origin_mm)
         return f"Volume(shape={self.shape}, dtype={self.array.dtype}, spacing_mm=({sp}), origin_mm=({org}))"
 
-    def save(self, path: str | Path, compress: bool = False) -> Path:
+    def save(self, path: str | Path, compress: bool = False, nifti_world: str = "lps") -> Path:
         """Write ``.mha``/``.mhd`` (MetaImage) or ``.nii``/``.nii.gz`` (NIfTI), atomically.
 
         MetaImage stores the world coordinates as they are (ITK/PLUS
         convention: world = LPS); NIfTI stores them as RAS, i.e. the affine is
         ``diag(-1, -1, 1) @ T_world_from_voxel`` so that ITK, 3D Slicer and
         nibabel-based tools place both files at the same physical location.
+        ``nifti_world="ras"`` stores the matrix unchanged instead (then
+        ``nibabel affine @ (i, j, k, 1)`` gives world coordinates directly).
         """
         from usnav.errors import input_error
 
@@ -74,7 +76,7 @@ class Volume:
         if name.endswith((".nii", ".nii.gz")):
             from usnav.io.nifti import write_nifti
 
-            return write_nifti(p, self.array, self.T_world_from_voxel, world="lps")
+            return write_nifti(p, self.array, self.T_world_from_voxel, world=nifti_world)
         if name.endswith((".mha", ".mhd")):
             from usnav.io.plus import write_metaimage
 
