@@ -217,3 +217,19 @@ def test_plus_path_with_fan_matches_fast_path(tmp_path, rng, interp, mode, fast)
     assert (res.accumulation > 0).mean() > 0.05
     assert (np.abs(a - b) <= 1).mean() > 0.98
     assert a.max() < 255 and b.max() < 255
+
+
+def test_plus_pixel_rejection(tmp_path, rng):
+    from usnav.geometry import matrix_from_params
+    from usnav.io.plus import read_config, read_sequence, write_sequence
+
+    n = 6
+    frames = np.where(rng.random((n, 80, 100)) < 0.5, 20, 150).astype(np.uint8)
+    probe = np.stack([matrix_from_params([0, 0, 0, 0, 0, 0.8 * i]) for i in range(n)])
+    ref = np.broadcast_to(np.eye(4), (n, 4, 4))
+    seq = read_sequence(write_sequence(tmp_path / "s.mha", frames, {"ProbeToTracker": probe, "ReferenceToTracker": ref}))
+    text = FAN_CONFIG.format(interp="NEAREST_NEIGHBOR", mode="MAXIMUM").replace('FillHoles="OFF"', 'FillHoles="OFF" PixelRejectionThreshold="100"')
+    (tmp_path / "c.xml").write_text(text.replace("MAXIMUM", "MEAN"))
+    res = reconstruct_plus(seq, read_config(tmp_path / "c.xml"))
+    hit = res.accumulation > 0
+    assert hit.any() and (np.asarray(res.volume.array)[hit] == 150).all()

@@ -238,13 +238,14 @@ def _round_fixed(a):
 
 
 @njit(cache=True)
-def plus_insert(frames, Mq, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, linear, out, accbuf):
+def plus_insert(frames, Mq, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, linear, out, accbuf, reject_below):
     """Insert frames (F, H, W) uint8 in order, as PLUS does (FULL optimization).
 
     Mq: (F, 3, 3) int64, T_voxel_from_pixel columns (x axis, y axis,
     origin) in 14-bit fixed point. out: uint8 (nvox,), accbuf: int32
-    (nvox,) holding PLUS's uint16 accumulation buffer. Returns the number of
-    accumulation-buffer saturation events.
+    (nvox,) holding PLUS's uint16 accumulation buffer. Pixels darker than
+    ``reject_below`` are skipped (PLUS PixelRejectionThreshold; -inf = off).
+    Returns the number of accumulation-buffer saturation events.
     """
     F = frames.shape[0]
     overflow = 0
@@ -259,6 +260,8 @@ def plus_insert(frames, Mq, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, linear, out
                 p1 = b1 + x * Mq[f, 1, 0]
                 p2 = b2 + x * Mq[f, 2, 0]
                 vin = np.int64(frames[f, y, x])
+                if vin < reject_below:
+                    continue
                 if not linear:
                     ix = _round_fixed(p0)
                     iy = _round_fixed(p1)

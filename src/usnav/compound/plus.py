@@ -22,7 +22,8 @@ What is reproduced, and how:
   truncation for uint8), with the uint16 accumulation buffer (256 per hit,
   saturating) that also drives hole filling;
 - hole filling elements in order (STICK, GAUSSIAN, ...), integer
-  truncation as PLUS.
+  truncation as PLUS;
+- ``PixelRejectionThreshold``: darker pixels are not inserted.
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ def reconstruct_plus(
     acc = np.zeros(grid.n_voxels, np.int32)
     order = np.nonzero(valid & keep)[0]
     overflow = 0
+    reject = -np.inf if r.pixel_rejection_threshold is None else float(r.pixel_rejection_threshold)
     for n, f in enumerate(order):
-        overflow += K.plus_insert(sequence.frames[f : f + 1], Mq[f : f + 1], *seg, nx, ny, nz, mode, linear, out, acc)
+        overflow += K.plus_insert(sequence.frames[f : f + 1], Mq[f : f + 1], *seg, nx, ny, nz, mode, linear, out, acc, reject)
         if progress is not None:
             progress(n + 1, len(order))
     vol_zyx = out.reshape(nz, ny, nx)
