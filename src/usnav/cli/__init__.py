@@ -31,6 +31,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("usnav.cli.simulate", "simulate"),
     ("usnav.cli.compound", "compound"),
     ("usnav.cli.leaderboard", "leaderboard"),
+    ("usnav.cli.batch", "batch"),
 ]
 
 

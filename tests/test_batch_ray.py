@@ -1,0 +1,138 @@
+"""Batch executor on a private local Ray cluster (2 CPUs, loopback only).
+
+One cluster for the module (starting one takes ~10 s here), started by the
+same :func:`usnav.batch.start_local_ray` that ``--ray local`` uses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from usnav.batch import BatchOptions, Resources, read_manifest, run_batch, start_local_ray
+from usnav.batch.synthetic import array_case, array_cases
+
+from test_batch_executor import assert_batch_complete  # noqa: E402  (same folder)
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e .[ray]")
+
+pytestmark = pytest.mark.timeout(180)
+
+RAY = {"ray_address": "local", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():  # pragma: no cover
+        ray.shutdown()
+    start_local_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) of TCP sockets in LISTEN state owned by pids."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    addrs = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A = LISTEN
+                addrs.append(f[1].split(":")[0])
+    return addrs
+
+
+def test_local_cluster_is_loopback_only(local_ray):
+    assert local_ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert local_ray.cluster_resources()["CPU"] == 2
+    addrs = _listening_addresses(_descendants(os.getpid()) | {os.getpid()})
+    assert addrs, "found no listening sockets of the Ray processes"
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+    assert set(addrs) <= loopback, f"non-loopback listeners: {addrs}"
+
+
+def test_ray_outputs_identical_to_local_pool(local_ray, tmp_path):
+    cases = array_cases(6, sleep_s=0.05, size=500)
+    pool = run_batch(array_case, cases, tmp_path / "pool", BatchOptions(workers=2, progress=False))
+    on_ray = run_batch(array_case, cases, tmp_path / "ray", BatchOptions(**RAY))
+    assert on_ray.backend.startswith("Ray") and len(on_ray.done) == 6
+    assert on_ray.results == pool.results
+    rp, rr = read_manifest(tmp_path / "pool"), read_manifest(tmp_path / "ray")
+    assert {k: r.outputs for k, r in rp.items()} == {k: r.outputs for k, r in rr.items()}
+    for i in range(6):
+        name = f"cases/case_{i:04d}.npy"
+        assert (tmp_path / "pool" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()
+    # Two worker processes actually shared the work.
+    assert len({r.worker for r in rr.values()}) == 2
+    assert_batch_complete(tmp_path / "ray", 6, 500)
+    # Rerun on Ray skips everything.
+    again = run_batch(array_case, cases, tmp_path / "ray", BatchOptions(**RAY))
+    assert len(again.skipped) == 6
+
+
+def test_ray_worker_killed_mid_batch(local_ray, tmp_path):
+    out, marks = tmp_path / "out", tmp_path / "marks"
+    cases = array_cases(8, sleep_s=0.5, marker_dir=str(marks))
+    killed: dict[int, int] = {}
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for p in marks.glob("*.started"):
+                index, pid = (int(x) for x in p.name.split(".")[:2])
+                os.kill(pid, signal.SIGKILL)  # a Ray worker process, in the middle of case `index`
+                killed[pid] = index
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    report = run_batch(array_case, cases, out, BatchOptions(**RAY))
+    t.join()
+    assert killed, "no Ray worker was killed"
+    (pid, index), = killed.items()
+    assert report.exit_code == 0 and len(report.done) == 8
+    assert report.outcomes[index].attempts == 2
+    assert read_manifest(out)[f"case_{index:04d}"].worker != f"{os.uname().nodename}:{pid}"
+    assert_batch_complete(out, 8)  # correct, nothing duplicated, nothing partial
+
+
+def test_ray_retries_and_resource_check(local_ray, tmp_path):
+    report = run_batch(array_case, array_cases(3, always_fail=True), tmp_path / "f", BatchOptions(retries=1, **RAY))
+    assert [o.attempts for o in report.failed] == [2, 2, 2] and report.exit_code == 3
+    from usnav.errors import InputError
+
+    with pytest.raises(InputError, match="GPU"):
+        run_batch(array_case, array_cases(1), tmp_path / "g", BatchOptions(resources=Resources(gpus=1), **RAY))
