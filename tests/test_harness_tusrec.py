@@ -170,12 +170,12 @@ def test_metrics_h5_official_layout(harness_runs):
             assert f[k].shape == (len(SCANS),)
         keys = [k.decode() for k in f.attrs["keys"]]
         gpe = f["GPE"][()]
-        minutes = f["time_elapsed"][()]
+        seconds = f["time_elapsed"][()]
     with h5py.File(harness_runs["data"] / "dataset_keys.h5", "r") as f:
         assert keys == list(f.keys())  # dataset_keys order
     res = _results(harness_runs["runs"]["perfect"])
     np.testing.assert_allclose(gpe, [s["GPE"] for s in res["scans"]])
-    np.testing.assert_allclose(minutes * 60, [s["time_s"] for s in res["scans"]])
+    np.testing.assert_allclose(seconds, [s["time_s"] for s in res["scans"]])
 
 
 def test_harness_equals_usnav_tusrec_score(harness_runs, tmp_path):
@@ -264,3 +264,32 @@ def test_score_outputs_checks_and_chunking(rng):
     bad[5, 0, 0] = np.inf
     with pytest.raises(OutputError, match=r"GP contains NaN or Inf \(first in row 5, i.e. frame 6\)"):
         score_outputs(bad, GL, LP, LL, G, L, S, (4, 5), lm, chunk_frames=2)
+
+
+def test_npy_rows_reads_slices(tmp_path, rng):
+    from usnav.harness.tusrec import NpyRows
+
+    arr = rng.normal(size=(7, 3, 5)).astype(np.float32)
+    np.save(tmp_path / "a.npy", arr)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert rows.shape == (7, 3, 5) and rows.dtype == np.float32 and len(rows) == 7
+    np.testing.assert_array_equal(rows[2:5], arr[2:5])
+    np.testing.assert_array_equal(rows[5:100], arr[5:])
+    np.testing.assert_array_equal(np.asarray(rows), arr)
+    np.save(tmp_path / "f.npy", np.asfortranarray(arr))
+    with pytest.raises(OutputError, match="not a C-ordered"):
+        NpyRows(tmp_path / "f.npy")
+
+
+def test_harness_results_feed_the_leaderboard(harness_runs, tmp_path):
+    runs = harness_runs["runs"]
+    out = tmp_path / "board.json"
+    folders = [str(runs[name]["out"]) for name in ("identity", "broken", "importerror", "fromfile", "perfect")]
+    assert main(["leaderboard", "tusrec", *folders, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    scores = {r["team"]: r["score"] for r in rows}
+    assert rows[0]["team"] == "perfect" and rows[0]["rank"] == 1 and scores["perfect"] == 1.0
+    assert scores["identity"] == 0.0 and scores["importerror"] == 0.0
+    # broken: two perfect scans out of nine, the failed ones count as identity
+    assert scores["broken"] == round(2 / len(SCANS), 3)
+    assert 0 < scores["fromfile"] < 1

@@ -17,6 +17,8 @@ def evaluate_submission_cmd(
     memory_limit_gb: Optional[float] = typer.Option(
         None, "--memory-limit-gb", help="Address-space limit of the submission process, GB (default: 75% of RAM)."),
     team: Optional[str] = typer.Option(None, "--team", help="Team name stored in results.json (default: the results folder name)."),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", help="Where the submission's arrays are staged (default: the system temp folder; needs ~2 x 5.9 GB per real scan)."),
 ) -> None:
     """Run a submission's predict_ddfs on every scan in a separate process, time and score it."""
     from rich.console import Console
@@ -36,7 +38,7 @@ def evaluate_submission_cmd(
                 progress.console.print(f"[yellow]{result.key}: {result.status}: {result.message}[/yellow]")
 
         summary = evaluate_submission(submission, data, out, device=device, time_limit_s=time_limit,
-                                      memory_limit_gb=memory_limit_gb, team=team, on_scan=advance)
+                                      memory_limit_gb=memory_limit_gb, team=team, on_scan=advance, work_dir=work_dir)
 
     def fmt(v, digits=3):
         return "-" if v is None else f"{v:.{digits}f}"

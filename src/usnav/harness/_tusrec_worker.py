@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             t0 = time.perf_counter()
             result = predict_ddfs(frames, landmark, request["calib_path"], device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # as the official 2025 test script
             elapsed = time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001 - incl. SystemExit, MemoryError
             send({"event": "exception", "message": _describe(exc), "traceback": traceback.format_exc()})
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 except BaseException as exc:  # noqa: BLE001
                     raise TypeError(f"{name} {exc}") from None
                 path = os.path.join(request["out_dir"], f"{name}.npy")
-                np.save(path, arr, allow_pickle=False)
+                np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
                 arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
                 del arr
             del result

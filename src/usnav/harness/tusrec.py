@@ -14,24 +14,28 @@ displacements in mm, floating point, finite (FORMATS.md section 1).
 The submission runs in a child process (:mod:`usnav.harness.sandbox`) with an
 address-space limit; every scan has a time limit covering loading its
 frames, the call and saving the four arrays (the reported ``time_s`` covers
-only the call, as the official ``test.py`` measures it). A scan whose call
+only the call, as the official ``test.py`` measures it); starting the
+process and importing ``predict_ddfs.py`` has its own limit, the larger of
+the per-scan limit and 120 s. A scan whose call
 times out, crashes the process, raises, or returns arrays of the wrong
 shape/dtype or with NaN/Inf is reported with its status and one message, and
 the harness carries on with the next scan (a fresh process after a crash or a
 timeout). An import error of the submission is reported for every scan.
 
-Scoring never holds a second copy of the pixel arrays: the returned arrays
-are memory-mapped from the child's ``.npy`` files and compared, chunk of
-frames by chunk, with the true displacements from
-:func:`usnav.metrics.tusrec.iter_pixel_ddfs`, accumulating in float64.
+Scoring never holds the pixel arrays in memory: the child saves them as
+``.npy`` files in a temporary folder, the parent reads them back chunk of
+frames by chunk (:class:`NpyRows`, plain file reads, so the page cache does
+not count as resident memory) and compares each chunk with the true
+displacements ``T p - p`` (float64), accumulating in float64.
 
 Outputs (folder written atomically):
 
 - ``metrics.h5``: datasets ``GPE``, ``GLE``, ``LPE``, ``LLE`` (mm) and
   ``time_elapsed`` per scan in ``dataset_keys.h5`` order, as the official
-  ``test.py`` writes them; ``time_elapsed`` is in minutes like the official
-  code (``(end - start) / 60``). Failed scans hold NaN. Attributes ``keys``
-  (scan keys) and ``status`` (per scan) are added.
+  2025 test script writes them (``time_elapsed`` in seconds, as that script's
+  ``end - start``; the 2024 docker ``test.py`` divided by 60). Failed scans
+  hold NaN. Attributes ``keys`` (scan keys) and ``status`` (per scan) are
+  added.
 - ``results.json``: per scan the errors, identity errors, normalised scores,
   final score, status, message and seconds; a summary (see
   :func:`summarise_results`).
@@ -57,10 +61,11 @@ from usnav.errors import InputError, input_error
 from usnav.harness.sandbox import CallResult, Sandbox
 from usnav.io.atomic import atomic_dir
 from usnav.io.tusrec import CALIB_FILENAME, ScanRef, TusrecDataset, open_dataset
-from usnav.metrics.tusrec import METRICS, iter_pixel_ddfs, landmark_ddf, mean_landmark_error, mean_pixel_error
+from usnav.metrics.tusrec import METRICS, landmark_ddf, mean_landmark_error, mean_pixel_error
 
 __all__ = [
     "STATUSES",
+    "NpyRows",
     "OutputError",
     "ScanResult",
     "check_outputs",
@@ -76,6 +81,9 @@ RESULTS_JSON = "results.json"
 METRICS_H5 = "metrics.h5"
 LOG_NAME = "submission.log"
 _CHUNK_FRAMES = 16
+#: minimum seconds allowed for starting the submission process and importing
+#: predict_ddfs.py (torch alone takes seconds on a busy machine)
+STARTUP_LIMIT_S = 120.0
 
 
 class OutputError(ValueError):
@@ -151,22 +159,84 @@ def check_outputs(GP, GL, LP, LL, n_frames: int, frame_shape: tuple[int, int], n
             raise OutputError(f"{name} contains NaN or Inf (first at landmark {k})")
 
 
+class NpyRows:
+    """Read-only view of a C-ordered ``.npy`` file whose slices along the first
+    axis are read from disk on demand (``rows[a:b]`` -> a new array).
+
+    Unlike a memory map, the pages read never count towards this process's
+    resident memory, so scoring a 5.9 GB array costs one chunk of RAM.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            m = np.load(self.path, mmap_mode="r", allow_pickle=False)  # parses the header; touches no data
+        except ValueError as exc:
+            raise OutputError(f"{self.path.name} cannot be read as a numeric array ({exc})") from None
+        if not isinstance(m, np.memmap) or (m.ndim > 1 and not m.flags.c_contiguous):
+            raise OutputError(f"{self.path.name} is not a C-ordered numeric array")
+        self.shape: tuple[int, ...] = tuple(m.shape)
+        self.dtype = m.dtype
+        self.offset = int(m.offset)
+        del m
+        self._row = int(np.prod(self.shape[1:], dtype=np.int64))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("NpyRows supports contiguous slices only")
+        start, stop, _ = index.indices(self.shape[0])
+        count = max(0, stop - start)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self._row * self.dtype.itemsize)
+            arr = np.fromfile(f, dtype=self.dtype, count=count * self._row)
+        if arr.size != count * self._row:
+            raise OutputError(f"{self.path.name} is truncated")
+        return arr.reshape((count, *self.shape[1:]))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+
 def _pixel_error(pred, T_true: np.ndarray, S: np.ndarray, frame_shape: tuple[int, int], name: str,
                  chunk_frames: int) -> float:
-    """Mean distance (mm) between a (N-1, 3, P) array (possibly memory-mapped) and
-    the true displacements of ``T_true``, in chunks, float64 accumulation."""
+    """Mean distance (mm) between a (N-1, 3, P) array (numpy, memory map or
+    :class:`NpyRows`) and the true displacements ``T p - p`` of ``T_true``.
+
+    Chunks of frames; the truth is evaluated in float64 with one batched
+    matrix product (torch), the prediction is promoted to float64 and every
+    distance is summed in float64. A NaN or Inf anywhere is reported with
+    the first bad row.
+    """
+    import torch
+
+    from usnav.metrics.tusrec import pixel_points_mm
+
+    p = torch.from_numpy(pixel_points_mm(S, frame_shape).T.copy())  # (3, P) image-mm
+    T = torch.from_numpy(np.asarray(T_true, dtype=np.float64))
+    eye = torch.eye(3, dtype=torch.float64)
     total = 0.0
-    count = 0
-    for start, truth in iter_pixel_ddfs(T_true, S, frame_shape, chunk_frames=chunk_frames, dtype=np.float64):
-        chunk = np.asarray(pred[start : start + len(truth)], dtype=np.float64)
-        finite = np.isfinite(chunk)
-        if not finite.all():
-            frame = start + int(np.flatnonzero(~finite.all(axis=(1, 2)))[0])
+    for start in range(0, len(T), chunk_frames):
+        Tc = T[start : start + chunk_frames]
+        chunk = np.asarray(pred[start : start + len(Tc)])
+        d = torch.from_numpy(np.array(chunk, dtype=np.float64, copy=True))  # (c, 3, P), writable
+        # true displacement (R - I) p + t for every pixel of the chunk
+        truth = torch.baddbmm(Tc[:, :3, 3:4].expand(-1, -1, p.shape[1]), Tc[:, :3, :3] - eye, p.expand(len(Tc), -1, -1))
+        d.sub_(truth).square_()
+        part = float(d.sum(dim=1).sqrt_().sum(dtype=torch.float64))
+        if not math.isfinite(part):
+            bad = ~np.isfinite(chunk).all(axis=(1, 2))
+            frame = start + int(np.flatnonzero(bad)[0]) if bad.any() else start
             raise OutputError(f"{name} contains NaN or Inf (first in row {frame}, i.e. frame {frame + 1})")
-        diff = chunk - truth
-        total += float(np.sqrt(np.einsum("fcp,fcp->fp", diff, diff)).sum())
-        count += diff.shape[0] * diff.shape[2]
-    return total / count
+        total += part
+    return total / (len(T) * p.shape[1])
 
 
 def score_outputs(
@@ -279,6 +349,8 @@ def evaluate_submission(
         memory_limit_gb = default_memory_limit_gb()
     if not (memory_limit_gb > 0):
         raise InputError(f"--memory-limit-gb must be positive, got {memory_limit_gb:g}")
+    if work_dir is not None and not Path(work_dir).is_dir():
+        raise input_error(work_dir, "work folder not found")
     ds = open_dataset(data)
     assert ds.calibration is not None
     scans = _check_ground_truth(ds)
@@ -293,7 +365,8 @@ def evaluate_submission(
                 "--memory-limit-bytes", str(int(memory_limit_gb * 1e9))]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        sandbox = Sandbox(argv, log_path, cwd=submission, env=env, startup_timeout_s=time_limit_s)
+        sandbox = Sandbox(argv, log_path, cwd=submission, env=env,
+                          startup_timeout_s=max(time_limit_s, STARTUP_LIMIT_S))
         import_failure: str | None = None
         with tempfile.TemporaryDirectory(prefix="usnav-harness-", dir=work_dir) as work, sandbox:
             for ref, n_frames, frame_shape, landmarks in scans:
@@ -365,7 +438,11 @@ def _run_scan(sandbox: Sandbox, result: ScanResult, ds: TusrecDataset, ref: Scan
         sandbox.kill()
         return
     try:
-        arrays = {name: np.load(scan_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ("GP", "GL", "LP", "LL")}
+        arrays = {name: NpyRows(scan_dir / f"{name}.npy") for name in ("GP", "LP")}
+        arrays.update({name: np.load(scan_dir / f"{name}.npy", allow_pickle=False) for name in ("GL", "LL")})
+    except OutputError as exc:
+        result.status, result.message = "invalid", str(exc)
+        return
     except (OSError, ValueError) as exc:
         result.status, result.message = "invalid", f"the returned arrays could not be read back ({exc})"
         return
@@ -435,7 +512,7 @@ def _finite_json(obj):
 
 
 def write_metrics_h5(path: Path, results: list[ScanResult]) -> None:
-    """The official ``metrics.h5``: GPE, GLE, LPE, LLE (mm), time_elapsed (minutes), NaN for failed scans."""
+    """The official ``metrics.h5``: GPE, GLE, LPE, LLE (mm), time_elapsed (seconds), NaN for failed scans."""
     import h5py
 
     def column(name: str) -> np.ndarray:
@@ -444,8 +521,8 @@ def write_metrics_h5(path: Path, results: list[ScanResult]) -> None:
     with h5py.File(path, "w") as f:
         for name in METRICS:
             f.create_dataset(name, data=column(name), track_times=False)
-        minutes = np.array([np.nan if r.time_s is None else r.time_s / 60.0 for r in results], dtype=np.float64)
-        ds = f.create_dataset("time_elapsed", data=minutes, track_times=False)
-        ds.attrs["units"] = "minutes, (end - start) / 60 as the official test.py"
+        seconds = np.array([np.nan if r.time_s is None else r.time_s for r in results], dtype=np.float64)
+        ds = f.create_dataset("time_elapsed", data=seconds, track_times=False)
+        ds.attrs["units"] = "seconds per predict_ddfs call"
         f.attrs["keys"] = np.array([r.key for r in results], dtype="S")
         f.attrs["status"] = np.array([r.status for r in results], dtype="S")
