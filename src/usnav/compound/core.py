@@ -255,9 +255,10 @@ def compound_frames(
         else:
             out = vol_zyx.astype(dtype, copy=False)
     else:
-        flat = np.empty(nvox, dtype if dtype in (np.dtype(np.float32),) or np.issubdtype(dtype, np.integer) else np.float32)
-        lo, hi = (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)) if np.issubdtype(dtype, np.integer) else (0.0, 0.0)
-        parallel(K.finalize, buf, code, flat, weight, bool(np.issubdtype(dtype, np.integer)), lo, hi)
+        is_int = bool(np.issubdtype(dtype, np.integer))
+        flat = np.empty(nvox, dtype if is_int else np.float32)
+        lo, hi = (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)) if is_int else (0.0, 0.0)
+        parallel(K.finalize, buf, code, flat, weight, is_int, lo, hi)
         del buf
         out = flat.reshape(nz, ny, nx).astype(dtype, copy=False)
     w_zyx = weight.reshape(nz, ny, nx)
