@@ -52,7 +52,7 @@ from numpy.typing import NDArray
 from scipy.ndimage import gaussian_filter1d
 
 from usnav.sim.probe import Probe
-from usnav.sim.scatterers import iter_slab_scatterers, slab_columns
+from usnav.sim.scatterers import iter_slab_scatterers
 from usnav.sim.scene import Scene
 
 __all__ = ["BModeParams", "PolarFrame", "render_frame", "render_polar", "log_compress", "frame_from_polar"]
@@ -67,12 +67,12 @@ class BModeParams:
 
     dynamic_range_db: float = 70.0
     tissue_grey: float = 105.0  # grey level of unit-echo speckle mean envelope after TGC
-    tgc_db_cm_mhz: float = 0.7  # attenuation compensated by the time-gain compensation
+    tgc_db_cm_mhz: float = 0.6  # attenuation compensated by the time-gain compensation
     specular_gain: float = 40.0  # specular echo amplitude per unit reflection coefficient (re unit speckle rms)
     specular_angle_power: float = 4.0  # cos^p incidence-angle dependence of specular echoes
-    noise_db: float = -80.0  # electronic noise rms before TGC, re unit speckle rms
-    n_elevation_planes: int = 5  # planes in which the echo map is sampled across the slab
-    tissue_dr_factor: int = 2  # coarsening of the beam grid for tissue property maps
+    noise_db: float = -92.0  # electronic noise rms before TGC, re unit speckle rms
+    n_elevation_planes: int = 3  # planes in which the echo map is sampled across the slab
+    tissue_dr_factor: int = 4  # coarsening of the beam grid for tissue property maps
     tissue_line_factor: int = 2
     compiled: bool = True  # numba kernel (False: the vectorised numpy reference path)
 
@@ -203,54 +203,77 @@ def _bin_scatterers(chunks, probe: Probe, offs: NDArray[np.float64], echo_c: NDA
         eidx *= nlc
         eidx += np.minimum(jj // fl, nlc - 1)
         w *= echo_flat[eidx]
-        rho *= np.float32(probe.wavenumber_2k)
-        flat = ii.astype(np.int64)
-        flat *= nl
-        flat += jj
-        idx = torch.from_numpy(flat)
-        ph = torch.from_numpy(rho)
+        ph = torch.from_numpy(rho * np.float32(probe.wavenumber_2k))
         wt = torch.from_numpy(w)
-        acc_re.index_add_(0, idx, wt * torch.cos(ph))
-        acc_im.index_add_(0, idx, wt * torch.sin(ph))
+        wr = wt * torch.cos(ph)
+        wi = wt * torch.sin(ph)
+        # linear splatting onto the 2 x 2 nearest beam samples (sample centres at index + 0.5)
+        gi = fi - np.float32(0.5)
+        gj = th - np.float32(0.5)
+        i0 = np.floor(gi)
+        j0 = np.floor(gj)
+        ti = gi - i0
+        tj = gj - j0
+        i0 = i0.astype(np.int64)
+        j0 = j0.astype(np.int64)
+        for di in (0, 1):
+            for dj in (0, 1):
+                iq = i0 + di
+                jq = j0 + dj
+                f = (ti if di else 1 - ti) * (tj if dj else 1 - tj)
+                f = f * ((iq >= 0) & (iq < ns) & (jq >= 0) & (jq < nl))
+                flat = np.clip(iq, 0, ns - 1) * nl + np.clip(jq, 0, nl - 1)
+                idx = torch.from_numpy(flat)
+                ft = torch.from_numpy(f.astype(np.float32))
+                acc_re.index_add_(0, idx, ft * wr)
+                acc_im.index_add_(0, idx, ft * wi)
     out = np.empty(ns * nl, dtype=np.complex64)
     out.real = acc_re.numpy()
     out.imag = -acc_im.numpy()
     return out.reshape(ns, nl), n
 
 
-def _bin_columns_compiled(cols, probe: Probe, offs, echo_c, fdr: int, fl: int):
-    """Numba path of :func:`_bin_scatterers` working directly on lattice columns."""
+def _render_slab_compiled(scene: Scene, T_iw, probe: Probe, offs, echo_c, fdr: int, fl: int):
+    """Fused numba path: lattice-column enumeration + scatterer binning (see usnav.sim._kernels)."""
     from usnav.sim import _kernels
-    from usnav.sim.scatterers import _AMPLITUDE_LUT
+    from usnav.sim.scatterers import _P1, _P2, _P3, _AMPLITUDE_LUT, column_grid
 
     ns, nl = probe.n_samples, probe.n_lines
-    if cols is None:
-        return np.zeros((ns, nl), dtype=np.complex64), 0
+    field = scene.scatterers
+    d = field.spacing_mm
+    hmax = probe.max_half_thickness_mm
+    a, u, v, lo, hi, margin = column_grid(T_iw, _fan_polygon(probe), d, hmax)
     cx, cy = probe.apex_mm
     sig_e = probe.elevation_sigma_mm(probe.depth_samples_mm)
     inv2s2 = (0.5 / sig_e**2).astype(np.float32)
     zlim2 = ((probe.elevation_truncation_sigma * sig_e) ** 2).astype(np.float32)
     P, nrc, nlc = echo_c.shape
     step = float(offs[1] - offs[0]) if P > 1 else 1.0
-    ends = np.cumsum(cols.counts)
-    nb = _kernels.N_BLOCKS
-    targets = ends[-1] * np.arange(1, nb) / nb
-    block_start = np.concatenate([[0], np.searchsorted(ends, targets, side="left"), [len(ends)]]).astype(np.int64)
-    jit_mat, jit_off = cols.jitter_matrix()
+    R = np.ascontiguousarray(T_iw[:3, :3], dtype=np.float64)
+    M = R * (d / 256.0)
+    off = R @ np.full(3, d * (0.5 / 256.0 - 0.5))
     geom = np.array(
         [cx, cy, probe.radius_mm, 1.0 / probe.dr_mm, probe.half_fov_rad, 1.0 / probe.dtheta, probe.wavenumber_2k, 0.0]
     )
-    acc = np.zeros((nb, ns * nl * 2), dtype=np.float32)
-    out = _kernels.bin_columns(
-        cols.counts.astype(np.int64),
-        cols.k_lo.astype(np.int64),
-        cols.hcol.astype(np.int64),
-        np.ascontiguousarray(cols.base, dtype=np.float64),
-        block_start,
-        int(cols.prime_axis),
-        cols.step_image().astype(np.float64),
-        np.ascontiguousarray(jit_mat, dtype=np.float64),
-        jit_off.astype(np.float64),
+    fan = np.array(
+        [cx, cy, probe.radius_mm, probe.radius_mm + probe.depth_mm, probe.half_fov_rad, margin, hmax, probe.depth_mm]
+    )
+    c0 = probe.elevation_truncation_sigma * probe.elevation_fwhm_focus_mm / _FWHM_PER_SIGMA
+    thick = np.array([c0, probe.elevation_focus_mm, probe.elevation_rayleigh_mm, 0.0])
+    acc = np.zeros((_kernels.N_BLOCKS, ns * nl * 2), dtype=np.float32)
+    out, n = _kernels.render_slab(
+        np.array([lo[u], hi[u]], dtype=np.int64),
+        np.array([lo[v], hi[v]], dtype=np.int64),
+        np.array([u, v, a], dtype=np.int64),
+        np.array([int(_P1), int(_P2), int(_P3)], dtype=np.int64),
+        int(field.seed & 0xFFFFFFFF),
+        R,
+        np.ascontiguousarray(T_iw[:3, 3], dtype=np.float64),
+        float(d),
+        fan,
+        thick,
+        np.ascontiguousarray(M),
+        off,
         _AMPLITUDE_LUT,
         geom,
         inv2s2,
@@ -266,8 +289,7 @@ def _bin_columns_compiled(cols, probe: Probe, offs, echo_c, fdr: int, fl: int):
         _kernels.EXP_LUT,
         _kernels.ATAN_LUT,
     )
-    bins = out.astype(np.float32).view(np.complex64).reshape(ns, nl)
-    return bins, cols.n_cells
+    return out.astype(np.float32).view(np.complex64).reshape(ns, nl), int(n)
 
 
 def render_polar(
@@ -306,8 +328,7 @@ def render_polar(
 
     slab_args = (scene.scatterers, T_iw, _fan_polygon(probe), half_thickness, probe.max_half_thickness_mm)
     if params.compiled:
-        cols = slab_columns(*slab_args, keep_column=keep_column)
-        bins, n_scat = _bin_columns_compiled(cols, probe, offs, echo_c, fdr, fl)
+        bins, n_scat = _render_slab_compiled(scene, T_iw, probe, offs, echo_c, fdr, fl)
     else:
         slab = iter_slab_scatterers(*slab_args, keep_column=keep_column)
         bins, n_scat = _bin_scatterers(slab, probe, offs, echo_c, fdr, fl)

@@ -63,7 +63,7 @@ class Probe:
     elevation_fwhm_focus_mm: float = 1.4
     elevation_focus_mm: float = 35.0
     elevation_rayleigh_mm: float = 30.0
-    elevation_truncation_sigma: float = 2.3
+    elevation_truncation_sigma: float = 2.0
     top_margin_px: float = 3.0
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
@@ -194,10 +194,28 @@ class Probe:
         d = np.linspace(0.0, self.depth_mm, 64)
         return float(np.max(self.elevation_half_thickness_mm(d)))
 
-    def expected_elevational_correlation(self, shift_mm: NDArray[np.float64] | float, depth_mm: float) -> NDArray:
-        """Speckle intensity correlation predicted by the beam model for a pure out-of-plane shift."""
-        s = self.elevation_sigma_mm(depth_mm)
-        return np.exp(-np.asarray(shift_mm, dtype=np.float64) ** 2 / (2.0 * s**2))
+    def expected_elevational_correlation(
+        self, shift_mm: NDArray[np.float64] | float, depth_mm: NDArray[np.float64] | float, truncated: bool = True
+    ) -> NDArray:
+        """Speckle intensity correlation predicted by the beam model for a pure out-of-plane shift.
+
+        Fully developed speckle: intensity correlation = |field correlation|^2,
+        and the field correlation is the normalised overlap of the elevational
+        profile with its shifted copy.  For the Gaussian ``b(e)`` truncated at
+        ``|e| <= c`` (``c = elevation_truncation_sigma * sigma``):
+        ``rho_field(s) = exp(-s^2 / (4 sigma^2)) * erf((c - s/2) / sigma) / erf(c / sigma)``
+        (0 beyond ``s = 2c``); untruncated, ``rho_I = exp(-s^2 / (2 sigma^2))``.
+        """
+        from scipy.special import erf
+
+        sig = self.elevation_sigma_mm(depth_mm)
+        s = np.abs(np.asarray(shift_mm, dtype=np.float64))
+        gauss = np.exp(-(s**2) / (4.0 * sig**2))
+        if not truncated:
+            return gauss**2
+        c = self.elevation_truncation_sigma * sig
+        field = gauss * erf(np.maximum(c - s / 2.0, 0.0) / sig) / erf(c / sig)
+        return field**2
 
     # ------------------------------------------------------------------ scan conversion
     @property

@@ -149,6 +149,34 @@ def iter_slab_scatterers(*args, chunk_size: int = 262144, **kwargs) -> Iterator[
         c0 = c1
 
 
+def column_grid(
+    T_image_from_world: NDArray[np.float64], region_xy: NDArray[np.float64], spacing_mm: float, hmax: float
+) -> tuple[int, int, int, NDArray[np.int64], NDArray[np.int64], float]:
+    """Lattice walk set-up: column axis ``a`` (world axis closest to the plane normal),
+    the other axes ``u, v``, integer index bounds ``lo, hi`` (3,) of the region's
+    bounding box dilated by the slab, and the in-plane ``margin`` (mm) by which a
+    column inside the slab can stray from its crossing point."""
+    T = np.asarray(T_image_from_world, dtype=np.float64)
+    R = T[:3, :3]
+    t = T[:3, 3]
+    n = R[2, :]
+    a = int(np.argmax(np.abs(n)))
+    u, v = [ax for ax in range(3) if ax != a]
+    d = spacing_mm
+    na = float(n[a])
+    tan_tilt = np.sqrt(max(0.0, 1.0 - na * na)) / abs(na)
+    margin = hmax * tan_tilt + d
+    reg = np.asarray(region_xy, dtype=np.float64)
+    corners = []
+    for zz in (-hmax - d, hmax + d):
+        pts = np.concatenate([reg, np.full((reg.shape[0], 1), zz)], axis=1)
+        corners.append((pts - t) @ R)  # world = R^T (p - t)
+    corners = np.concatenate(corners, axis=0)
+    lo = np.floor(corners.min(axis=0) / d).astype(np.int64) - 1
+    hi = np.ceil(corners.max(axis=0) / d).astype(np.int64) + 1
+    return a, u, v, lo, hi, float(margin)
+
+
 def slab_columns(
     field: ScattererField,
     T_image_from_world: NDArray[np.float64],
@@ -179,24 +207,10 @@ def slab_columns(
     R = T[:3, :3]
     t = T[:3, 3]
     n = R[2, :]  # plane normal in world coordinates
-    a = int(np.argmax(np.abs(n)))
-    u, v = [ax for ax in range(3) if ax != a]
     d = field.spacing_mm
     hmax = float(max_half_thickness_mm)
+    a, u, v, lo, hi, margin = column_grid(T, region_xy, d, hmax)
     na = float(n[a])
-    # tilt of the lattice columns relative to the plane normal: in-plane spread of a column in the slab
-    tan_tilt = np.sqrt(max(0.0, 1.0 - na * na)) / abs(na)
-    margin = hmax * tan_tilt + d
-
-    # bounding box of the region (dilated by the slab) in world (u, v)
-    reg = np.asarray(region_xy, dtype=np.float64)
-    corners = []
-    for zz in (-hmax - d, hmax + d):
-        pts = np.concatenate([reg, np.full((reg.shape[0], 1), zz)], axis=1)
-        corners.append((pts - t) @ R)  # world = R^T (p - t)
-    corners = np.concatenate(corners, axis=0)
-    lo = np.floor(corners.min(axis=0) / d).astype(np.int64) - 1
-    hi = np.ceil(corners.max(axis=0) / d).astype(np.int64) + 1
     iu = np.arange(lo[u], hi[u] + 1)
     iv = np.arange(lo[v], hi[v] + 1)
     U, V = np.meshgrid(iu, iv, indexing="ij")

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from usnav.sim.scatterers import ScattererField
 
-__all__ = ["Scene", "PROPERTY_CHANNELS", "TISSUES", "Tissue", "volumes_from_labels", "homogeneous_scene"]
+__all__ = ["Scene", "PROPERTY_CHANNELS", "TISSUES", "Tissue", "PlanarSurface", "volumes_from_labels", "homogeneous_scene", "warped_scene"]
 
 PROPERTY_CHANNELS = ("echo", "impedance", "attenuation")
 
@@ -214,3 +214,34 @@ def homogeneous_scene(
         origin=np.zeros(3), u=np.array([1.0, 0.0, 0.0]), v=np.array([0.0, 1.0, 0.0]), extent_mm=(100.0, 100.0)
     )
     return Scene(props, T, ScattererField(seed=seed, spacing_mm=spacing_mm), surface=surface, name="homogeneous")
+
+
+def warped_scene(scene: Scene, displacement_mm: NDArray[np.floating], name: str | None = None) -> Scene:
+    """The scene with its tissue moved by a pull displacement field on the scene's own grid.
+
+    ``displacement_mm``: (3, n0, n1, n2) world-mm vectors ``u`` (x, y, z) at
+    every voxel centre; the new scene's properties at world point ``x`` are
+    the old ones at ``x + u(x)`` (trilinear; labels nearest).  The scatterer
+    field (speckle) stays the same world-fixed field: anatomy moves, the
+    speckle realisation does not (adequate for registration studies, where
+    speckle is not tracked).
+    """
+    u = np.asarray(displacement_mm, dtype=np.float64)
+    if u.shape != (3,) + scene.shape:
+        raise ValueError(f"displacement must be (3, {', '.join(map(str, scene.shape))}), got {u.shape}")
+    n0, n1, n2 = scene.shape
+    idx = np.stack(np.meshgrid(np.arange(n0), np.arange(n1), np.arange(n2), indexing="ij"), axis=-1).astype(np.float64)
+    world = idx @ scene.T_world_from_voxel[:3, :3].T + scene.T_world_from_voxel[:3, 3]
+    world += np.moveaxis(u, 0, -1)
+    props = np.moveaxis(scene.sample(world), -1, 0)
+    labels = scene.sample_labels(world) if scene.labels is not None else None
+    return Scene(
+        props,
+        scene.T_world_from_voxel,
+        scene.scatterers,
+        labels=labels,
+        label_names=scene.label_names,
+        surface=scene.surface,
+        name=name or f"{scene.name}-warped",
+        salient_labels=scene.salient_labels,
+    )
