@@ -256,3 +256,13 @@ def test_driver_sigkill_then_rerun(tmp_path):
     skipped = len(finished_before)
     assert f"{n - skipped} done, {skipped} skipped" in rerun.stderr
     assert_batch_complete(out, n, 1000)
+
+
+def test_cpu_case_is_deterministic(tmp_path):
+    from usnav.batch.synthetic import cpu_case, cpu_cases
+
+    a = run_batch(cpu_case, cpu_cases(2, n=1000, iterations=3), tmp_path / "a", BatchOptions(**QUIET))
+    b = run_batch(cpu_case, cpu_cases(2, n=1000, iterations=3), tmp_path / "b", BatchOptions(workers=2, **QUIET))
+    assert [r["mean"] for r in a.results.values()] == [r["mean"] for r in b.results.values()]
+    assert all(r["cpu_s"] >= 0 for r in a.results.values())
+    assert ((tmp_path / "a/cpu/case_0001.npy").read_bytes() == (tmp_path / "b/cpu/case_0001.npy").read_bytes())

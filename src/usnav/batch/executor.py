@@ -648,7 +648,9 @@ def run_batch(task: Task, cases: Sequence[Case], out_dir: str | Path, options: B
     """Run ``task`` for every case not already finished in ``out_dir``.
 
     task: module-level function ``task(payload, out) -> JSON result`` (see the
-      module docstring); it must be importable by the workers.
+      module docstring); it must be importable by the workers (a script that
+      defines it must guard its top level with ``if __name__ == "__main__":``,
+      as the pool spawns fresh interpreters).
     cases: unique keys.
     out_dir: output folder (created); holds the manifest, the failures file
       and a staging folder removed at the end.
@@ -668,8 +670,6 @@ def run_batch(task: Task, cases: Sequence[Case], out_dir: str | Path, options: B
         raise InputError(f"case keys must be unique; repeated: {', '.join(dup)}")
     if out.exists() and not out.is_dir():
         raise input_error(out, "output path exists and is not a folder")
-    if (options.workers or 1) > 1 and options.ray_address is None and getattr(task, "__module__", "") == "__main__":
-        raise TypeError("a task run on a process pool must be defined in an importable module, not in __main__")
     if options.ray_address is not None:
         _import_ray()  # fail early, before any output, if the extra is missing
     t0 = time.perf_counter()

@@ -2,7 +2,8 @@
 
 ``array_case`` writes one ``.npy`` array that depends only on its payload,
 after an optional sleep, and can inject failures; ``cpu_case`` burns a fixed
-amount of CPU (seeded matrix products) and writes the result. Both follow the
+amount of single-threaded CPU (element-wise passes over a seeded array) and
+writes the result. Both follow the
 :func:`usnav.batch.run_batch` task contract ``task(payload, out) -> result``.
 """
 
@@ -57,33 +58,37 @@ def array_case(payload: dict[str, Any], out: Path) -> dict[str, Any]:
     return {"index": index, "sum": float(arr.sum())}
 
 
-def array_cases(n: int, **payload: Any):
-    """``n`` :class:`usnav.batch.Case` of :func:`array_case` with keys ``case_0000`` ..."""
+def array_cases(count: int, **payload: Any):
+    """``count`` :class:`usnav.batch.Case` of :func:`array_case` with keys ``case_0000`` ..."""
     from usnav.batch.executor import Case
 
-    return [Case(f"case_{i:04d}", {"index": i, **payload}) for i in range(n)]
+    return [Case(f"case_{i:04d}", {"index": i, **payload}) for i in range(count)]
 
 
 def cpu_case(payload: dict[str, Any], out: Path) -> dict[str, Any]:
-    """CPU-bound: ``iterations`` products of seeded ``n x n`` float64 matrices
-    (single-threaded BLAS in a worker), then write ``cpu/case_<index>.npy``.
+    """CPU-bound: ``iterations`` element-wise passes (sin, cos) over a seeded
+    float64 array of ``n`` values, then write ``cpu/case_<index>.npy`` (the first 1000 values).
 
-    Default (n=160, iterations=400) is about 1 s of one core here.
+    Element-wise NumPy runs on one thread whatever the BLAS settings, so one
+    case is one core's work: the default (n=200000, iterations=200) is about
+    0.9 s of CPU time here. The result holds the CPU seconds used (``cpu_s``).
     """
+    import time
+
+    t0 = time.process_time()
     index = int(payload["index"])
-    n = int(payload.get("n", 160))
     rng = np.random.default_rng([int(payload.get("seed", 0)), index])
-    a = rng.standard_normal((n, n)) / np.sqrt(n)
-    x = rng.standard_normal((n, n))
-    for _ in range(int(payload.get("iterations", 400))):
-        x = np.tanh(a @ x)
+    x = rng.standard_normal(int(payload.get("n", 200_000)))
+    for _ in range(int(payload.get("iterations", 200))):
+        x = np.sin(x) + 0.5 * np.cos(2.0 * x)
     path = out / f"cpu/case_{index:04d}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, x)
-    return {"index": index, "norm": float(np.linalg.norm(x))}
+    np.save(path, x[:1000])
+    return {"index": index, "mean": float(x.mean()), "cpu_s": time.process_time() - t0}
 
 
-def cpu_cases(n: int, **payload: Any):
+def cpu_cases(count: int, **payload: Any):
+    """``count`` :class:`usnav.batch.Case` of :func:`cpu_case` with keys ``cpu_0000`` ..."""
     from usnav.batch.executor import Case
 
-    return [Case(f"cpu_{i:04d}", {"index": i, **payload}) for i in range(n)]
+    return [Case(f"cpu_{i:04d}", {"index": i, **payload}) for i in range(count)]
