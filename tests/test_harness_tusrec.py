@@ -245,6 +245,13 @@ def test_bad_harness_inputs_exit_2(tmp_path, capsys, harness_runs):
     assert main(["tusrec", "evaluate-submission", str(sub), str(harness_runs["data"]), "--out", str(out),
                  "--time-limit", "0"]) == 2
     assert not out.exists()
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["tusrec", "evaluate-submission", str(sub), str(harness_runs["data"]), "--out", str(out),
+                     "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+        assert not out.exists()
 
 
 def test_score_outputs_checks_and_chunking(rng):

@@ -162,3 +162,10 @@ def test_bad_inputs_one_sentence_exit_2(teams, tmp_path, capsys):
     assert "must end in .md, .html or .json" in capsys.readouterr().err
     assert main(["leaderboard", "tusrec", good, "--out", str(out), "--rule", "2023"]) == 2
     assert "--rule must be one of 2025, 2024" in capsys.readouterr().err
+
+
+def test_missing_runtime_loses_a_tie(tmp_path):
+    timed = _team(tmp_path, "timed", [_scan(k, _uniform(0.3), time_s=900.0) for k in KEYS])
+    untimed = _team(tmp_path, "untimed", [{**_scan(k, _uniform(0.3)), "time_s": None} for k in KEYS])
+    board = tusrec_board([load_tusrec_results(untimed), load_tusrec_results(timed)])
+    assert [(r["rank"], r["team"], r["runtime_s"]) for r in board.rows] == [(1, "timed", 900.0), (2, "untimed", None)]

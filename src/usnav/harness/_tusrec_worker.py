@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             t0 = time.perf_counter()
             result = predict_ddfs(frames, landmark, request["calib_path"], device)
-            if device.type == "cuda":
+            if device.type == "cuda" and torch.cuda.is_available():
                 torch.cuda.synchronize()  # as the official 2025 test script
             elapsed = time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001 - incl. SystemExit, MemoryError

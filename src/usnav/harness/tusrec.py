@@ -343,6 +343,11 @@ def evaluate_submission(
     entry = _check_submission(submission)
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device} was requested but this machine has no CUDA device")
     if not (time_limit_s > 0):
         raise InputError(f"--time-limit must be positive, got {time_limit_s:g} s")
     if memory_limit_gb is None:
