@@ -31,8 +31,27 @@ def local_ray():
     if ray.is_initialized():  # pragma: no cover
         ray.shutdown()
     start_local_ray(num_cpus=2)
+    _warm_up_two_workers()
     yield ray
     ray.shutdown()
+
+
+def _warm_up_two_workers(timeout_s: float = 90.0) -> None:
+    """Wait until two Ray worker processes run tasks (worker start-up is slow on a loaded machine)."""
+
+    def sleep_pid(seconds: float) -> int:  # nested: Ray pickles it by value (tests/ is not importable)
+        import os
+        import time
+
+        time.sleep(seconds)
+        return os.getpid()
+
+    remote = ray.remote(num_cpus=1)(sleep_pid)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(set(ray.get([remote.remote(0.3) for _ in range(2)]))) == 2:
+            return
+    pytest.fail("the local Ray cluster did not run two worker processes")
 
 
 def _descendants(root: int) -> set[int]:

@@ -250,6 +250,10 @@ def _limit_threads(cpus: float) -> None:
     if torch is not None:
         with contextlib.suppress(Exception):
             torch.set_num_threads(int(n))
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        with contextlib.suppress(Exception):
+            numba.set_num_threads(min(int(n), numba.config.NUMBA_NUM_THREADS))
 
 
 def _safe_name(key: str) -> str:
@@ -369,7 +373,7 @@ class _InlineBackend:
         done, self._done = self._done, []
         return done  # type: ignore[return-value]
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         pass
 
 
@@ -443,9 +447,12 @@ class _PoolBackend:
                 self._discard_pool()
         return out
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the pool; ``wait=False`` (interrupted run) does not wait for
+        running cases: the workers die with the driver, and their unrecorded
+        cases are redone by the next run."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
 
@@ -567,7 +574,7 @@ class _RayBackend:
                 out.append((handle, _SystemFailure(f"Ray worker failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")))
         return out
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         for ref in self._refs:
             with contextlib.suppress(Exception):
                 self._ray.cancel(ref, force=True)
@@ -701,8 +708,10 @@ def run_batch(task: Task, cases: Sequence[Case], out_dir: str | Path, options: B
                 backend_name = backend.name
                 try:
                     _drive(backend, task, pending, out, options, manifest, outcomes, progress)
-                finally:
-                    backend.close()
+                except BaseException:
+                    backend.close(wait=False)
+                    raise
+                backend.close()
         finally:
             progress.close()
         shutil.rmtree(out / STAGING_NAME, ignore_errors=True)
