@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/usnav demo --out demo_out
+	$(BIN)/usnav demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout=600
