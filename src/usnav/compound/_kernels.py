@@ -372,7 +372,7 @@ _STICKS = np.array(
 
 
 @njit(cache=True, nogil=True)
-def fill_sticks(vol, known, out, filled, sticks, length_limit, n_sticks, truncate):
+def fill_sticks(vol, known, out, filled, sticks, length_limit, n_sticks, truncate, z_start, z_stop):
     """PLUS stick hole filling on a (nz, ny, nx) volume.
 
     For every unknown voxel, along each of the 13 stick directions find the
@@ -381,13 +381,14 @@ def fill_sticks(vol, known, out, filled, sticks, length_limit, n_sticks, truncat
     two ends linearly; the sticks with the shortest physical length (in
     voxels) are averaged, weight 1/length. ``truncate``: cast each value to
     an integer as PLUS does for integer volumes. ``out`` gets the filled
-    values, ``filled`` is set where a value was found.
+    values, ``filled`` is set where a value was found. Only slices
+    ``z_start .. z_stop - 1`` are visited (threads split the volume in z).
     """
     nz, ny, nx = vol.shape
     ns = sticks.shape[0]
     values = np.zeros(ns)
     weights = np.zeros(ns)
-    for z in range(nz):
+    for z in range(z_start, z_stop):
         for y in range(ny):
             for x in range(nx):
                 if known[z, y, x]:

@@ -23,6 +23,7 @@ Kernel fillers are computed with separable or direct 3D correlations
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +124,7 @@ def apply_hole_filling(
     fillers: list[HoleFiller],
     integer: bool = False,
     truncate: bool = False,
+    threads: int = 2,
 ) -> np.ndarray:
     """Fill the voxels whose weight is 0. ``vol_zyx``/``weight_zyx``: (nz,
     ny, nx). ``truncate``: cast each filled value towards zero (PLUS does for
@@ -141,7 +143,14 @@ def apply_hole_filling(
         if f.kind == "stick":
             vals = np.zeros(vol.shape, np.float64)
             got = np.zeros(vol.shape, np.bool_)
-            K.fill_sticks(vol.astype(np.float64), known, vals, got, K._STICKS, int(f.stick_length), int(f.n_sticks), bool(truncate))
+            src = vol.astype(np.float64)
+            cuts = np.linspace(0, vol.shape[0], max(1, threads) + 1).astype(int)
+
+            def run(k: int) -> None:
+                K.fill_sticks(src, known, vals, got, K._STICKS, int(f.stick_length), int(f.n_sticks), bool(truncate), int(cuts[k]), int(cuts[k + 1]))
+
+            with ThreadPoolExecutor(len(cuts) - 1) as ex:
+                list(ex.map(run, range(len(cuts) - 1)))
         else:
             vals, got = _kernel_fill(vol, np.asarray(weight_zyx), known, f)
             if truncate:
