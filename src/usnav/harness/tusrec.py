@@ -301,17 +301,31 @@ def _check_submission(submission: Path) -> Path:
     return entry
 
 
-def _check_ground_truth(ds: TusrecDataset) -> list[tuple[ScanRef, int, tuple[int, int], np.ndarray]]:
-    """Open every scan once, before running anything: bad data is the organiser's
-    input error (exit code 2), not the submission's fault."""
-    info = []
+@dataclass
+class _Truth:
+    """What the harness knows about one scan before any submission code runs."""
+
+    ref: ScanRef
+    n_frames: int
+    frame_shape: tuple[int, int]
+    landmarks: np.ndarray  # (K, 3), K may be 0
+    true_global: np.ndarray  # (N-1, 4, 4)
+    true_local: np.ndarray  # (N-1, 4, 4)
+
+
+def _read_ground_truth(ds: TusrecDataset) -> list[_Truth]:
+    """Open every scan once, before running anything, and keep its ground truth
+    in memory: bad data is the organiser's input error (exit code 2), and a
+    submission that rewrites files in DATA cannot change how it is scored."""
+    truths = []
     for ref in ds.scans:
         with ds.open_scan(ref) as scan:
             if scan.tforms is None:
                 raise input_error(ds.frames_path(ref), f"scan {ref} has no ground-truth transforms (transfs/{ref.subject}/{ref.scan}.h5)")
             landmarks = scan.landmarks if scan.landmarks is not None else np.zeros((0, 3), dtype=np.int64)
-            info.append((ref, scan.n_frames, scan.frame_shape, landmarks))
-    return info
+            truths.append(_Truth(ref, scan.n_frames, scan.frame_shape, landmarks, scan.T_image0_from_image,
+                                 scan.T_previous_from_image))
+    return truths
 
 
 def default_memory_limit_gb() -> float:
@@ -358,7 +372,7 @@ def evaluate_submission(
         raise input_error(work_dir, "work folder not found")
     ds = open_dataset(data)
     assert ds.calibration is not None
-    scans = _check_ground_truth(ds)
+    truths = _read_ground_truth(ds)
     out = Path(out)
     calib_path = str((ds.root / CALIB_FILENAME).resolve())
     S = ds.calibration.T_mm_from_pixel
@@ -374,7 +388,8 @@ def evaluate_submission(
                           startup_timeout_s=max(time_limit_s, STARTUP_LIMIT_S))
         import_failure: str | None = None
         with tempfile.TemporaryDirectory(prefix="usnav-harness-", dir=work_dir) as work, sandbox:
-            for ref, n_frames, frame_shape, landmarks in scans:
+            for truth in truths:
+                ref = truth.ref
                 result = ScanResult(key=ref.key, subject=ref.subject, scan=ref.scan, status="ok")
                 if import_failure is None and not sandbox.alive:
                     started = sandbox.start()
@@ -388,14 +403,12 @@ def evaluate_submission(
                     scan_dir = Path(work) / ref.key
                     scan_dir.mkdir()
                     try:
-                        _run_scan(sandbox, result, ds, ref, n_frames, frame_shape, landmarks, calib_path, scan_dir,
-                                  time_limit_s, S)
+                        _run_scan(sandbox, result, ds, truth, calib_path, scan_dir, time_limit_s, S)
                     finally:
                         shutil.rmtree(scan_dir, ignore_errors=True)
                 if result.GPE_identity is None:
-                    with ds.open_scan(ref) as scan:
-                        ident = identity_errors(scan.T_image0_from_image, scan.T_previous_from_image, S, frame_shape,
-                                                landmarks)
+                    ident = identity_errors(truth.true_global, truth.true_local, S, truth.frame_shape,
+                                            truth.landmarks)
                     for k, v in ident.items():
                         setattr(result, k, v)
                 _log(log_path, f"[usnav harness] {ref.key}: {result.status}" + (f": {result.message}" if result.message else ""))
@@ -416,9 +429,9 @@ def _log(path: Path, line: str) -> None:
         f.write(line + "\n")
 
 
-def _run_scan(sandbox: Sandbox, result: ScanResult, ds: TusrecDataset, ref: ScanRef, n_frames: int,
-              frame_shape: tuple[int, int], landmarks: np.ndarray, calib_path: str, scan_dir: Path,
-              time_limit_s: float, S: np.ndarray) -> None:
+def _run_scan(sandbox: Sandbox, result: ScanResult, ds: TusrecDataset, truth: _Truth, calib_path: str,
+              scan_dir: Path, time_limit_s: float, S: np.ndarray) -> None:
+    ref, landmarks = truth.ref, truth.landmarks
     lm_path = scan_dir / "landmark.npy"
     np.save(lm_path, landmarks.astype(np.int64))
     request = {"frames_path": str(ds.frames_path(ref).resolve()), "landmarks_npy": str(lm_path),
@@ -451,11 +464,9 @@ def _run_scan(sandbox: Sandbox, result: ScanResult, ds: TusrecDataset, ref: Scan
     except (OSError, ValueError) as exc:
         result.status, result.message = "invalid", f"the returned arrays could not be read back ({exc})"
         return
-    with ds.open_scan(ref) as scan:
-        true_global, true_local = scan.T_image0_from_image, scan.T_previous_from_image
     try:
-        errors = score_outputs(arrays["GP"], arrays["GL"], arrays["LP"], arrays["LL"], true_global, true_local, S,
-                               frame_shape, landmarks)
+        errors = score_outputs(arrays["GP"], arrays["GL"], arrays["LP"], arrays["LL"], truth.true_global,
+                               truth.true_local, S, truth.frame_shape, landmarks)
     except OutputError as exc:
         result.status, result.message = "invalid", str(exc)
         return
