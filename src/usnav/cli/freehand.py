@@ -1,0 +1,109 @@
+"""`usnav freehand ...`: trackerless pose estimation (train, predict, submission folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from usnav.errors import InputError
+
+app = typer.Typer(help="Trackerless freehand pose estimation: train, predict, build a TUS-REC submission.",
+                  no_args_is_help=True)
+
+
+def _parse_hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--frame-size must look like HxW (e.g. 96x128), got {text!r}") from None
+    if h < 16 or w < 16:
+        raise InputError(f"--frame-size must be at least 16x16, got {text!r}")
+    return h, w
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=True)
+
+
+@app.command("train")
+def train_cmd(
+    data: List[Path] = typer.Argument(..., help="Data set folder(s) with ground truth (official layouts)."),
+    method: str = typer.Option("sequence", help="two-frame (the challenge baseline) or sequence."),
+    out: Path = typer.Option(..., "--out", help="Run folder: metrics.csv, config.json, best/ and last/ checkpoints."),
+    epochs: int = typer.Option(10, help="Number of epochs."),
+    frame_size: str = typer.Option("96x128", help="Network input size HxW (frames are area-downsampled)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    seed: int = typer.Option(0, help="Random seed (initialisation, sample order, augmentation)."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of scans held out for validation."),
+    batch_size: int = typer.Option(0, help="Batch size per process (0: 16 pairs two-frame, 4 windows sequence)."),
+    lr: float = typer.Option(0.0, help="Adam learning rate (0: 1e-4 two-frame, 3e-4 sequence)."),
+    steps_per_epoch: int = typer.Option(0, help="Cap the steps of an epoch (0: a full pass)."),
+    checkpoint_every: int = typer.Option(0, help="Also save last/ every K steps."),
+    max_minutes: float = typer.Option(0.0, help="Stop (and save) after this wall time; 0: no limit."),
+    window: int = typer.Option(32, help="sequence: local transforms per training window."),
+    preset: str = typer.Option("lite", help="two-frame network: lite (CPU) or b1 (EfficientNet-B1 widths)."),
+    threads: int = typer.Option(0, help="torch CPU threads per process (0: leave torch's default)."),
+) -> None:
+    """Train a pose network (single process, or DDP under torchrun)."""
+    import torch
+
+    from usnav.freehand.train import METHODS_LEARNED, TrainConfig, train
+
+    if method not in METHODS_LEARNED:
+        raise InputError(f"--method must be one of {', '.join(METHODS_LEARNED)} to train, got {method!r}")
+    if preset not in ("lite", "b1"):
+        raise InputError(f"--preset must be lite or b1, got {preset!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    for d in data:
+        if not d.is_dir():
+            raise InputError(f"{d}: data set folder not found")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    cfg = TrainConfig(method=method, input_hw=_parse_hw(frame_size), epochs=epochs, batch_size=batch_size, lr=lr,
+                      seed=seed, val_fraction=val_fraction, steps_per_epoch=steps_per_epoch,
+                      checkpoint_every=checkpoint_every, max_minutes=max_minutes, window=window, preset=preset)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    result = train(data, out, cfg, device=device, resume=resume, log=lambda m: console.log(m))
+    typer.echo(f"trained {method}: {result['epochs']} epochs, {result['global_step']} steps, best validation score "
+               f"{result['best_score']:.4f}; checkpoints in {out}")
+
+
+@app.command("predict")
+def predict_cmd(
+    data: Path = typer.Argument(..., help="Data set folder (any official layout)."),
+    model: Optional[str] = typer.Option(None, help="Run folder, checkpoint folder or 'default' (learned methods)."),
+    out: Path = typer.Option(..., "--out", help="Prediction folder <out>/<subject>/<scan>.h5."),
+    method: Optional[str] = typer.Option(None, help="identity, decorrelation, two-frame or sequence (default: the model's)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    overwrite: bool = typer.Option(False, help="Re-predict scans whose prediction file exists (default: skip them)."),
+) -> None:
+    """Predict global and local transforms of every scan (resumable: existing files are skipped)."""
+    from usnav.freehand.predict import make_predictor, predict_dataset
+
+    if method is None and model is None:
+        raise InputError("give --model (a run folder or 'default') or --method identity|decorrelation")
+    predictor = make_predictor(method, model, device)
+    with _progress() as progress:
+        result = predict_dataset(data, out, predictor, progress=progress, overwrite=overwrite)
+    typer.echo(f"{predictor.method}: wrote {result['written']} predictions, skipped {result['skipped']} existing, in {out}")
+
+
+@app.command("submission")
+def submission_cmd(
+    model: str = typer.Option(..., help="Run folder, checkpoint folder, 'default', or 'decorrelation'."),
+    out: Path = typer.Option(..., "--out", help="Submission folder to create (predict_ddfs.py, model files, requirements.txt)."),
+) -> None:
+    """Write a self-contained folder for the official TUS-REC 2025 docker harness."""
+    from usnav.freehand.submission import write_submission
+
+    folder = write_submission(model, out)
+    typer.echo(f"wrote submission folder {folder}")

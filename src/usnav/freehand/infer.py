@@ -1,0 +1,109 @@
+"""Inference core: frames -> per-frame transforms for every method (numpy + torch only).
+
+Like :mod:`usnav.freehand.models`, this module imports nothing else from usnav
+(relative imports only), so it is vendored unchanged into submission folders.
+
+Outputs are the TUS-REC prediction transforms, image-mm, float64:
+``global`` (N-1, 4, 4) frame n -> frame 0 and ``local`` (N-1, 4, 4) frame n -> frame n-1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import SequenceNet, TwoFrameNet, build_model, downsample_frames, matrix_from_params_deg
+
+__all__ = ["chain_local", "load_model", "predict_transforms", "prepare_frames", "identity_transforms"]
+
+Progress = Callable[[int], None] | None
+
+
+def chain_local(L: np.ndarray) -> np.ndarray:
+    """Globals (N-1, 4, 4) from locals (N-1, 4, 4): ``G[n] = L[1] @ ... @ L[n]``."""
+    G = np.empty_like(L)
+    acc = np.eye(4)
+    for i in range(len(L)):
+        acc = acc @ L[i]
+        G[i] = acc
+    return G
+
+
+def identity_transforms(n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    eye = np.broadcast_to(np.eye(4), (n_frames - 1, 4, 4)).copy()
+    return eye, eye.copy()
+
+
+def prepare_frames(frames, input_hw: tuple[int, int], chunk: int = 64, progress: Progress = None) -> np.ndarray:
+    """(N, H, W) uint8 frames (array or lazy h5py dataset) -> (N, h, w) uint8 area-downsampled."""
+    n = int(frames.shape[0])
+    out = np.empty((n, *input_hw), dtype=np.uint8)
+    for start in range(0, n, chunk):
+        block = torch.from_numpy(np.ascontiguousarray(frames[start : start + chunk]))
+        small = downsample_frames(block, input_hw)
+        out[start : start + len(block)] = (small * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
+        if progress is not None:
+            progress(len(block))
+    return out
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load ``config.json`` + ``model.safetensors`` from a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    model = build_model(config["model"])
+    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+    model.to(device).eval()
+    return model, config
+
+
+def _to_input(small: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(small).to(device=device, dtype=torch.float32).div_(255.0)
+
+
+@torch.no_grad()
+def predict_transforms(
+    model: torch.nn.Module, small: np.ndarray, device: str | torch.device = "cpu", batch: int = 64,
+    progress: Progress = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Global and local transforms (N-1, 4, 4) float64 of a scan from its downsampled frames (N, h, w) uint8."""
+    model.eval()
+    n = len(small)
+    if n < 2:
+        raise ValueError("a scan needs at least 2 frames")
+    if isinstance(model, TwoFrameNet):
+        params = []
+        for start in range(1, n, batch):
+            stop = min(n, start + batch)
+            x = _to_input(small[start - 1 : stop], device)
+            pairs = torch.stack([x[:-1], x[1:]], dim=1)
+            params.append(model(pairs).double().cpu())
+            if progress is not None:
+                progress(stop - start)
+        L = matrix_from_params_deg(torch.cat(params)).numpy()
+        return chain_local(L), L
+    if isinstance(model, SequenceNet):
+        T = model.cfg.window
+        L = np.empty((n - 1, 4, 4))
+        G = np.empty((n - 1, 4, 4))
+        base = np.eye(4)
+        # Windows of T+1 frames share their boundary frame: [0..T], [T..2T], ...
+        for s in range(0, n - 1, T):
+            e = min(n, s + T + 1)
+            x = _to_input(small[s:e], device)[None]
+            local, glob = model(x)
+            Lw = matrix_from_params_deg(local[0].double().cpu()).numpy()
+            Gw = matrix_from_params_deg(glob[0].double().cpu()).numpy()
+            L[s : e - 1] = Lw
+            G[s : e - 1] = base @ Gw
+            base = G[e - 2]
+            if progress is not None:
+                progress(e - 1 - s)
+        return G, L
+    raise TypeError(f"unsupported model {type(model).__name__}")

@@ -1,0 +1,185 @@
+"""usnav.freehand prediction, the decorrelation method, the submission folder, the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import calibration_example, make_tusrec_dataset
+from usnav.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _scores(data: Path, pred: Path):
+    from usnav.io.tusrec import open_dataset
+    from usnav.metrics.tusrec_dataset import iter_scores
+
+    return list(iter_scores(open_dataset(data), pred_root=pred))
+
+
+def test_identity_method_scores_zero_and_predict_is_resumable(tusrec_data, tmp_path: Path):
+    data, _ = tusrec_data
+    pred = tmp_path / "pred"
+    assert main(["freehand", "predict", str(data), "--method", "identity", "--out", str(pred)]) == 0
+    scores = _scores(data, pred)
+    assert len(scores) == 4 and all(abs(s.score) < 1e-12 for s in scores)
+    # resumable: existing files are kept, missing ones are written
+    victim = next(pred.rglob("*.h5"))
+    mtimes = {p: p.stat().st_mtime_ns for p in pred.rglob("*.h5") if p != victim}
+    victim.unlink()
+    assert main(["freehand", "predict", str(data), "--method", "identity", "--out", str(pred)]) == 0
+    assert victim.exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_cli_bad_input_exit_code_2(tusrec_data, tmp_path: Path, capsys):
+    data, _ = tusrec_data
+    assert main(["freehand", "predict", str(data), "--method", "magic", "--out", str(tmp_path / "p")]) == 2
+    assert main(["freehand", "predict", str(tmp_path / "nope"), "--method", "identity", "--out", str(tmp_path / "p")]) == 2
+    assert main(["freehand", "predict", str(data), "--model", str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    assert main(["freehand", "train", str(data), "--method", "identity", "--out", str(tmp_path / "r")]) == 2
+    assert main(["freehand", "train", str(data), "--frame-size", "big", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "r").exists()
+
+
+def _texture_scan(n: int, shift_px: tuple[int, int], shape=(120, 160), seed=0) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    dy, dx = shift_px
+    big = gaussian_filter(rng.random((H + abs(dy) * n + 2, W + abs(dx) * n + 2)), 1.0)
+    big = (big - big.min()) / (big.max() - big.min()) * 255
+    return np.stack([big[k * dy : k * dy + H, k * dx : k * dx + W] for k in range(n)]).astype(np.uint8)
+
+
+def test_decorrelation_recovers_known_inplane_translation(tmp_path: Path):
+    """Frames of a texture moving by a known pixel step: the full pipeline (write data,
+    predict, score) recovers the translation; nothing moves out of plane."""
+    from usnav import geometry as g
+    from usnav.io import tusrec
+
+    n, step = 12, (2, 1)  # rows, cols per frame
+    frames = _texture_scan(n, step)
+    calib = calibration_example()
+    calib = tusrec.Calibration(T_mm_from_pixel=np.diag([0.458, 0.442, 1.0, 1.0]), T_tool_from_mm=calib.T_tool_from_mm)
+    sx, sy = 0.458, 0.442
+    # frame k shows the texture at offset k*step: a tissue point at p in frame k is at p + t in frame k-1
+    t = np.array([step[1] * sx, step[0] * sy, 0.0])
+    T_image0_from_image = np.stack([g.translation_matrix(k * t) for k in range(n)])
+    T_tracker_from_image0 = g.matrix_from_params([0.1, -0.2, 0.3, 10.0, 20.0, 1000.0])
+    tforms = T_tracker_from_image0 @ T_image0_from_image @ g.invert(calib.T_tool_from_mm)
+    data = tmp_path / "data"
+    tusrec.write_calibration(data / tusrec.CALIB_FILENAME, calib)
+    tusrec.write_scan(data, "000", "LH_rotation", frames, tforms, layout="train")
+    tusrec.write_landmarks(data, "000", {"LH_rotation": np.array([[3, 50, 60], [11, 100, 20]])})
+    pred = tmp_path / "pred"
+    assert main(["freehand", "predict", str(data), "--method", "decorrelation", "--out", str(pred)]) == 0
+    p = tusrec.read_prediction(pred / "000" / "LH_rotation.h5")
+    params = g.params_from_matrix(p.local_transforms)
+    np.testing.assert_allclose(params[:, 3:5], np.broadcast_to(t[:2], (n - 1, 2)), atol=0.02)
+    assert np.abs(params[:, 5]).max() < 0.05 and np.abs(params[:, :3]).max() < 1e-3
+    [score] = _scores(data, pred)
+    assert score.score > 0.95
+
+
+@pytest.fixture(scope="module")
+def sim_step_frames():
+    pytest.importorskip("usnav.sim.bmode")
+    from usnav.sim.bmode import render_frame
+    from usnav.sim.probe import default_probe
+    from usnav.sim.scene import homogeneous_scene
+
+    probe = default_probe(240, 320)
+    scene = homogeneous_scene(seed=7, attenuation=0.7)
+    R = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])  # image z (elevation) = world +y
+    frames = []
+    for k in range(4):
+        T = np.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = [-40.0, 3.0 + 0.4 * k, 5.0]
+        frames.append(render_frame(scene, T, probe))
+    S = np.diag([probe.spacing_mm[0], probe.spacing_mm[1], 1.0, 1.0])
+    return np.stack(frames), S
+
+
+def test_decorrelation_recovers_known_elevational_step(sim_step_frames):
+    """Simulator speckle, image plane stepped 0.4 mm out of plane per frame: the decorrelation
+    method finds ~0.4 mm per frame along z (sign +: the documented starting direction)."""
+    from usnav.freehand.decorrelation import estimate_transforms
+    from usnav.geometry import params_from_matrix
+
+    frames, S = sim_step_frames
+    G, L = estimate_transforms(frames, S)
+    p = params_from_matrix(L)
+    assert np.all(np.abs(p[:, 3:5]) < 0.1)  # no in-plane motion
+    # out-of-plane displacement at the image centre
+    centre = np.array([frames.shape[2] / 2 * S[0, 0], frames.shape[1] / 2 * S[1, 1], 0.0, 1.0])
+    dz = (L @ centre)[:, 2]
+    np.testing.assert_allclose(dz, 0.4, atol=0.12)
+    assert abs((G[-1] @ centre)[2] - 1.2) < 0.3
+
+
+def _train_tiny(data: Path, run: Path) -> None:
+    from usnav.freehand.train import TrainConfig, train
+
+    cfg = TrainConfig(method="sequence", input_hw=(16, 16), window=6, window_stride=3, batch_size=2, epochs=1,
+                      val_fraction=0.25, steps_per_epoch=2,
+                      model_overrides={"channels": [4, 8], "feature_dim": 16, "hidden": 8, "layers": 1})
+    train(data, run, cfg, show_progress=False)
+
+
+def _import_submission(folder: Path):
+    for name in [m for m in sys.modules if m == "usnav_freehand" or m.startswith("usnav_freehand.")]:
+        del sys.modules[name]
+    spec = importlib.util.spec_from_file_location(f"predict_ddfs_{abs(hash(str(folder)))}", folder / "predict_ddfs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("model", ["run", "decorrelation"])
+def test_submission_matches_tusrec_ddfs(tmp_path: Path, model: str):
+    data = tmp_path / "data"
+    written = make_tusrec_dataset(data, subjects=("000",), scans=("LH_rotation",), n_frames=14, frame_shape=(96, 128))
+    if model == "run":
+        _train_tiny(data, tmp_path / "run")
+        model_arg = str(tmp_path / "run")
+        predict_args = ["--model", model_arg]
+    else:
+        model_arg = "decorrelation"
+        predict_args = ["--method", "decorrelation"]
+    sub = tmp_path / "submission"
+    assert main(["freehand", "submission", "--model", model_arg, "--out", str(sub)]) == 0
+    assert (sub / "predict_ddfs.py").exists() and (sub / "requirements.txt").exists()
+    assert "torch==" in (sub / "requirements.txt").read_text()
+    # reference: usnav freehand predict + usnav tusrec ddfs
+    pred, ddfs = tmp_path / "pred", tmp_path / "ddfs"
+    assert main(["freehand", "predict", str(data), *predict_args, "--out", str(pred)]) == 0
+    assert main(["tusrec", "ddfs", str(data), str(pred), str(ddfs)]) == 0
+    scan = written[("000", "LH_rotation")]
+    module = _import_submission(sub)
+    GP, GL, LP, LL = module.predict_ddfs(scan["frames"], scan["landmarks"], str(data / "calib_matrix.csv"),
+                                         torch.device("cpu"))
+    n, H, W = scan["frames"].shape
+    assert GP.shape == LP.shape == (n - 1, 3, H * W) and GL.shape == LL.shape == (3, len(scan["landmarks"]))
+    with h5py.File(ddfs / "000" / "LH_rotation.h5") as f:
+        for name, arr in zip(("GP", "GL", "LP", "LL"), (GP, GL, LP, LL)):
+            assert arr.dtype == np.float32
+            np.testing.assert_allclose(arr, f[name][()], atol=1e-5, rtol=0)
+    assert np.abs(GP).max() > 0  # a real prediction, not all zeros

@@ -1,0 +1,183 @@
+"""usnav.freehand training: checkpoints, exact resume, DDP, losses and labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tusrec_dataset
+from usnav.freehand.train import TrainConfig, train
+
+TINY = dict(input_hw=(16, 16), window=6, window_stride=3, batch_size=2, val_fraction=0.25, steps_per_epoch=3)
+
+
+def _tiny_overrides(method: str) -> dict:
+    if method == "sequence":
+        return {"channels": [4, 8], "feature_dim": 16, "hidden": 8, "layers": 1}
+    return {"preset": "tiny"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    make_tusrec_dataset(root, n_frames=16, frame_shape=(24, 32))
+    return root
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_labels_chain_to_window_globals(tiny_data: Path):
+    """Chaining the local labels of a window gives its window-global labels (and reversal inverts them)."""
+    from usnav.freehand.data import load_scans, make_batch
+    from usnav.geometry import chain_local, invert
+    from usnav.io.tusrec import open_dataset
+
+    ds = open_dataset(tiny_data)
+    scans = load_scans(ds, ds.scans[:1], (16, 16))
+    for p in (0.0, 1.0):
+        b = make_batch(scans, np.array([[0, 3]]), 7, np.random.default_rng(0), reverse_p=p)
+        np.testing.assert_allclose(chain_local(b["local"][0].numpy()), b["window_global"][0].numpy(), atol=1e-4)
+    # and the scan's own ground truth: chaining its locals gives its globals
+    s = scans[0]
+    L = invert(s.poses[:-1]) @ s.poses[1:]
+    np.testing.assert_allclose(chain_local(L), s.poses[1:], atol=1e-4)  # float32-rigid tracker data
+
+
+@pytest.mark.parametrize("method", ["two-frame", "sequence"])
+def test_train_writes_metrics_and_checkpoints_round_trip(tiny_data: Path, tmp_path: Path, method: str):
+    from usnav.freehand.infer import load_model
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(method=method, epochs=2, model_overrides=_tiny_overrides(method), **TINY)
+    result = train(tiny_data, run, cfg, show_progress=False)
+    assert result["epochs"] == 2
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].split(",")[:3] == ["epoch", "global_step", "train_loss"] and len(rows) == 3
+    assert np.isfinite(float(rows[-1].split(",")[7]))  # validation score
+    for name in ("best", "last"):
+        assert (run / name / "model.safetensors").exists() and (run / name / "config.json").exists()
+    # safetensors round trip: the loaded model has exactly the saved tensors
+    model, config = load_model(run / "last")
+    saved = _weights(run / "last")
+    assert config["model"]["method"] == method
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[k])
+    # no pickle files anywhere in the run
+    assert not [p for p in run.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".bin")]
+
+
+def test_existing_run_needs_resume(tiny_data: Path, tmp_path: Path):
+    from usnav.errors import InputError
+
+    cfg = TrainConfig(method="two-frame", epochs=1, model_overrides=_tiny_overrides("two-frame"), **TINY)
+    train(tiny_data, tmp_path / "run", cfg, show_progress=False)
+    with pytest.raises(InputError, match="--resume"):
+        train(tiny_data, tmp_path / "run", cfg, show_progress=False)
+
+
+@pytest.mark.parametrize("method", ["two-frame", "sequence"])
+def test_resume_is_exact(tiny_data: Path, tmp_path: Path, method: str):
+    """Interrupted (mid-epoch checkpoint, then end of epoch 1) + resumed == uninterrupted."""
+    over = _tiny_overrides(method)
+    full = TrainConfig(method=method, epochs=2, model_overrides=over, **TINY)
+    train(tiny_data, tmp_path / "a", full, show_progress=False)
+    # run b: stops after epoch 1, then resumes to epoch 2
+    train(tiny_data, tmp_path / "b", TrainConfig(method=method, epochs=1, model_overrides=over, **TINY),
+          show_progress=False)
+    train(tiny_data, tmp_path / "b", full, resume=True, show_progress=False)
+    a, b = _weights(tmp_path / "a" / "last"), _weights(tmp_path / "b" / "last")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    state = json.loads((tmp_path / "b" / "last" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["global_step"] == 6
+
+
+def test_resume_mid_epoch_is_exact(tiny_data: Path, tmp_path: Path):
+    over = _tiny_overrides("sequence")
+    base = dict(TINY, steps_per_epoch=4)
+    full = TrainConfig(method="sequence", epochs=1, model_overrides=over, **base)
+    train(tiny_data, tmp_path / "a", full, show_progress=False)
+    # simulate an interruption: a run that checkpoints every 2 steps and is cut after step 2
+    from usnav.freehand import train as train_mod
+
+    cut = TrainConfig(method="sequence", epochs=1, checkpoint_every=2, model_overrides=over, **base)
+    calls = {"n": 0}
+    real = train_mod.compute_loss
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    train_mod.compute_loss = interrupting
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_data, tmp_path / "b", cut, show_progress=False)
+    finally:
+        train_mod.compute_loss = real
+    state = json.loads((tmp_path / "b" / "last" / "state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 2)
+    train(tiny_data, tmp_path / "b", cut, resume=True, show_progress=False)
+    a, b = _weights(tmp_path / "a" / "last"), _weights(tmp_path / "b" / "last")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, dump: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from safetensors.torch import save_file
+
+    cfg = TrainConfig(method="sequence", epochs=1, model_overrides=_tiny_overrides("sequence"), **TINY)
+
+    def dump_weights(model):
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, f"{dump}/rank{rank}.safetensors")
+
+    train(data, out, cfg, show_progress=False, on_finish=dump_weights)
+
+
+@pytest.mark.timeout(180)
+def test_ddp_two_cpu_processes_keep_equal_weights(tiny_data: Path, tmp_path: Path):
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tiny_data), str(tmp_path / "run"), str(tmp_path)), nprocs=2,
+             join=True)
+    w0 = load_file(str(tmp_path / "rank0.safetensors"))
+    w1 = load_file(str(tmp_path / "rank1.safetensors"))
+    init = torch.nn.Module  # weights must have moved from the (shared) initialisation
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    saved = _weights(tmp_path / "run" / "last")
+    assert all(torch.equal(saved[k], w0[k]) for k in w0)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    del init
