@@ -127,6 +127,10 @@ def main() -> int:
         "total_cpu_s": c_total,
         "ms_per_frame_wall": 1e3 * t_render / config.n_frames,
         "ms_per_frame_cpu": 1e3 * c_render / config.n_frames,
+        "projected_1500_frames_wall_s": t_plan + 1500 * t_render / config.n_frames,
+        # CPU seconds of all threads / number of threads: the wall time on an otherwise idle machine
+        # if the threads scaled perfectly (an optimistic bound; the machine here is shared)
+        "projected_1500_frames_idle_estimate_s": t_plan + 1500 * c_render / config.n_frames / args.threads,
         "peak_rss_mb": peak_rss_mb,
         "h5_size_mb": size_mb,
         "load_average_before": list(load_before),

@@ -13,7 +13,9 @@ from usnav.io.tusrec import open_dataset
 from usnav.sim.tusrec_sim import SimConfig, dataset_calibration, scan_names, simulate_dataset, simulate_scan
 
 # small but complete: 2 scans of 3 frames, 20 mm deep fan on 64x80 frames
-CONFIG = SimConfig(anatomy="forearm", protocol="rotation", n_frames=3, frame_hw=(64, 80), depth_mm=20.0, seed=7)
+CONFIG = SimConfig(
+    anatomy="forearm", protocol="rotation", n_frames=3, frame_hw=(64, 80), depth_mm=20.0, seed=7, scene_voxel_mm=1.0
+)
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -110,7 +112,7 @@ def test_cli_writes_a_readable_dataset(tmp_path):
     out = tmp_path / "cli"
     code = main(
         ["simulate", "tusrec", str(out), "--subjects", "1", "--first-subject", "2", "--frames", "3",
-         "--frame-size", "64x80", "--depth-mm", "20", "--seed", "7"]
+         "--frame-size", "64x80", "--depth-mm", "20", "--seed", "7", "--voxel-mm", "1.0"]
     )
     assert code == 0
     ds = open_dataset(out)

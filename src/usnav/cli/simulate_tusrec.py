@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same bytes."),
         workers: int = typer.Option(1, "--workers", help="Worker processes (scans in parallel)."),
         depth_mm: float = typer.Option(90.0, "--depth-mm", help="Imaging depth, mm (10-90)."),
+        voxel_mm: float = typer.Option(0.0, "--voxel-mm", help="Voxel size of the anatomy volumes, mm (0: the anatomy's default, 0.5 forearm / 0.75 brain)."),
+        scatterer_spacing_mm: float = typer.Option(0.2, "--scatterer-spacing-mm", help="Mean spacing of the fixed scatterer field, mm (0.1-0.4; larger is faster, 0.2 is sub-resolution)."),
     ) -> None:
         """Simulate freehand sweeps (B-mode frames, tracker transforms, calibration, landmarks) in the TUS-REC layout."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -42,7 +44,15 @@ def register(app: typer.Typer) -> None:
 
         hw = _parse_frame_size(frame_size)
         config = SimConfig(
-            anatomy=anatomy, protocol=protocol, n_frames=frames, frame_hw=hw, layout=layout, seed=seed, depth_mm=depth_mm
+            anatomy=anatomy,
+            protocol=protocol,
+            n_frames=frames,
+            frame_hw=hw,
+            layout=layout,
+            seed=seed,
+            depth_mm=depth_mm,
+            scene_voxel_mm=voxel_mm if voxel_mm > 0 else None,
+            scatterer_spacing_mm=scatterer_spacing_mm,
         )
         try:
             config.validate()

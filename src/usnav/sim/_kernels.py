@@ -166,6 +166,8 @@ def _column(
     cx, cy, R0, inv_dr, half_fov, inv_dth, k2 = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6]
     P, nrc, nlc, fdr, fl = echo_dims[0], echo_dims[1], echo_dims[2], echo_dims[3], echo_dims[4]
     off0, inv_step = plane_geom[0], plane_geom[1]
+    inv_fdr = 1.0 / fdr
+    inv_fl = 1.0 / fl
     n_phase = phase_cos.shape[0]
     ph_scale = n_phase / (2.0 * math.pi)
     ph_mask = n_phase - 1
@@ -221,10 +223,10 @@ def _column(
                 p = P - 1
         else:
             p = 0
-        ic = i // fdr
+        ic = int(fi * inv_fdr)  # == i // fdr without an integer division
         if ic > nrc - 1:
             ic = nrc - 1
-        jc = j // fl
+        jc = int(fj * inv_fl)
         if jc > nlc - 1:
             jc = nlc - 1
         w *= echo[(p * nrc + ic) * nlc + jc]

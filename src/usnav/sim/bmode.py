@@ -343,6 +343,10 @@ def render_polar(
     # E|s|^2 = density * int b^2 * int h_a^2 * int h_l^2 = density * pi^1.5 * sig_e sig_a sig_l
     peak = 2.0 * math.pi * (sig_a / probe.dr_mm) * (sig_l / (probe.rho_mm * probe.dtheta))
     energy = scene.scatterers.density_per_mm3 * math.pi**1.5 * sig_e * sig_a * sig_l
+    # linear splatting onto the beam grid acts as a triangle filter (variance 1/6 bin^2 per axis)
+    sa_b = sig_a / probe.dr_mm
+    sl_b = sig_l / (probe.rho_mm * probe.dtheta)
+    energy = energy * np.sqrt(sa_b**2 / (sa_b**2 + 1.0 / 6.0)) * np.sqrt(sl_b**2 / (sl_b**2 + 1.0 / 6.0))
     s *= (peak / np.sqrt(energy)).astype(np.float32)[:, None]
 
     # --- boundaries: specular echoes, transmission loss; attenuation; TGC

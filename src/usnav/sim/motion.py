@@ -197,10 +197,11 @@ def _sweep_protocol(rng, n, name: str, region: SurfaceRange):
     elif direction != "DtP":
         raise ValueError(f"unknown direction {direction!r}")
     # sweep direction on the surface and the image-plane orientation relative to it
-    ds = np.gradient(s)
-    dw = np.gradient(wv)
-    heading = np.arctan2(ds, dw)  # angle from "across" towards "along"
-    heading = gaussian_filter1d(np.unwrap(heading), 3.0)
+    # heading of the path's overall course (the hand does not follow every wiggle of the path)
+    sig = max(3.0, n / 12.0)
+    ds = np.gradient(gaussian_filter1d(s, sig, mode="nearest"))
+    dw = np.gradient(gaussian_filter1d(wv, sig, mode="nearest"))
+    heading = np.unwrap(np.arctan2(ds, dw))  # angle from "across" towards "along"
     if plane == "Par":
         yaw = heading
     elif plane == "Per":

@@ -85,6 +85,10 @@ class SimConfig:
             raise ValueError(f"frames must be at least 32x32 pixels, got {h}x{w}")
         if not 10.0 <= self.depth_mm <= 90.0:
             raise ValueError(f"imaging depth must be 10-90 mm, got {self.depth_mm:g}")
+        if not 0.1 <= self.scatterer_spacing_mm <= 0.4:
+            raise ValueError(f"the scatterer spacing must be 0.1-0.4 mm, got {self.scatterer_spacing_mm:g}")
+        if self.scene_voxel_mm is not None and not 0.2 <= self.scene_voxel_mm <= 2.0:
+            raise ValueError(f"the anatomy voxel size must be 0.2-2 mm, got {self.scene_voxel_mm:g}")
 
 
 def scan_names(protocol: str) -> list[str]:
