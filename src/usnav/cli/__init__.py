@@ -32,6 +32,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("usnav.cli.compound", "compound"),
     ("usnav.cli.leaderboard", "leaderboard"),
     ("usnav.cli.batch", "batch"),
+    ("usnav.cli.pipeline", "pipeline"),
     ("usnav.cli.freehand", "freehand"),
 ]
 
