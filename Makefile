@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/usnav demo
+	$(BIN)/usnav demo --out demo_out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout=600
