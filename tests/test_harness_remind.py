@@ -74,7 +74,8 @@ def _run(args: list[str]) -> int:
 
     from usnav.cli import app as root
 
-    if any(getattr(grp, "name", None) == "remind" for grp in root.registered_groups):
+    group = next((grp for grp in root.registered_groups if getattr(grp, "name", None) == "remind"), None)
+    if group is not None and any(c.name == "evaluate" for c in group.typer_instance.registered_commands):
         return main(["remind", "evaluate", *args])
     from usnav.cli.remind_harness import register
 

@@ -397,6 +397,7 @@ def evaluate_submission(
                         import_failure = f"the submission could not start: {started.message}"
                     elif started.reply.get("event") != "ready":
                         import_failure = f"{entry.name} failed to import: {started.reply.get('message', '')}"
+                        _log(log_path, f"[usnav harness] import traceback:\n{started.reply.get('traceback', '')}")
                 if import_failure is not None:
                     result.status, result.message = "import-error", import_failure
                 else:
@@ -447,6 +448,7 @@ def _run_scan(sandbox: Sandbox, result: ScanResult, ds: TusrecDataset, truth: _T
     result.time_s = reply.get("time_s")
     if event == "exception":
         result.status, result.message = "exception", f"predict_ddfs raised {reply.get('message', '')}"
+        _log(sandbox.log_path, f"[usnav harness] {ref.key}: traceback of the submission:\n{reply.get('traceback', '')}")
         return
     if event == "invalid":
         result.status, result.message = "invalid", str(reply.get("message", ""))
