@@ -34,6 +34,8 @@ _GROUPS: list[tuple[str, str]] = [
     ("usnav.cli.batch", "batch"),
     ("usnav.cli.pipeline", "pipeline"),
     ("usnav.cli.freehand", "freehand"),
+    ("usnav.cli.remind", "remind"),
+    ("usnav.cli.register", "register"),
 ]
 
 

@@ -1,9 +1,56 @@
-"""`usnav simulate remind`."""
+"""`usnav simulate remind`: synthetic ReMIND2Reg-like cases (ceT1, T2, post-resection 3D iUS, landmarks)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the `remind` command to the `usnav simulate` group."""
+
+    @app.command("remind")
+    def remind(
+        out: Path = typer.Argument(..., help="Output data set folder (Learn2Reg layout)."),
+        cases: int = typer.Option(1, "--cases", min=1, help="Number of cases."),
+        first_case: int = typer.Option(0, "--first-case", min=0, max=9999, help="Number of the first case."),
+        seed: int = typer.Option(0, "--seed", help="Random seed (cases are reproducible from seed and case number)."),
+        split: str = typer.Option("val", "--split", help="Write into imagesVal (val) or imagesTr (train)."),
+        grid: int = typer.Option(256, "--grid", min=32, help="Voxels per axis (challenge: 256)."),
+        spacing: float = typer.Option(0.5, "--spacing", min=0.05, help="Voxel spacing, mm (challenge: 0.5)."),
+    ) -> None:
+        """Simulate brain-shift cases: pre-op ceT1/T2, known deformation, post-resection iUS, landmark pairs."""
+        from rich.progress import Progress
+
+        from usnav.errors import input_error
+        from usnav.sim.remind import SimConfig, simulate_dataset
+
+        if split not in ("val", "train"):
+            raise input_error(None, f"--split must be 'val' or 'train', got {split!r}")
+        if first_case + cases > 10000:
+            raise input_error(None, "case numbers must stay below 10000 (4 digits)")
+        if grid % 8:
+            raise input_error(None, f"--grid must be a multiple of 8, got {grid}")
+        if out.exists() and not out.is_dir():
+            raise input_error(out, "exists and is not a folder")
+        scale = grid / 256 * 0.5 / spacing
+        cfg = SimConfig(
+            shape=(grid, grid, grid),
+            spacing_mm=spacing,
+            n_r=max(64, int(320 * min(1.0, grid / 256 * 2))),
+            n_ang=max(48, int(128 * min(1.0, grid / 256 * 2))),
+        )
+        del scale
+        with Progress() as progress:
+            task = progress.add_task("simulating", total=cases)
+
+            def done(info: dict) -> None:
+                s = info["shift_stats"]
+                progress.console.print(
+                    f"case {info['case']:04d}: shift mean {s['mean_mm']:.1f} mm, max {s['max_mm']:.1f} mm, "
+                    f"{info['n_landmarks']} landmarks"
+                )
+                progress.advance(task)
+
+            simulate_dataset(out, cases, first_case, seed, split, cfg, progress=done)
