@@ -328,3 +328,21 @@ def test_submission_cannot_rewrite_the_ground_truth(tmp_path):
     scan = _results({"out": out})["scans"][0]
     assert scan["status"] == "ok"
     assert scan["GPE_identity"] > 1.0 and scan["score"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_freehand_submission_folders_pass_through_unchanged(tmp_path):
+    """Folders written by `usnav freehand submission` run in the harness as they are."""
+    data = tmp_path / "data"
+    make_tusrec_dataset(data, layout="eval", subjects=("002",), scans=("LH_rotation",), n_frames=6,
+                        frame_shape=(96, 128), seed=4)
+    for method in ("identity", "decorrelation"):
+        sub = tmp_path / f"sub_{method}"
+        assert main(["freehand", "submission", "--model", method, "--out", str(sub)]) == 0
+        out = tmp_path / f"res_{method}"
+        assert main(["tusrec", "evaluate-submission", str(sub), str(data), "--out", str(out), "--time-limit", "120"]) == 0
+        scan = _results({"out": out})["scans"][0]
+        assert scan["status"] == "ok", scan["message"]
+        if method == "identity":
+            assert scan["score"] == pytest.approx(0.0, abs=1e-6)
+        else:
+            assert np.isfinite(scan["score"]) and scan["time_s"] > 0
