@@ -155,3 +155,55 @@ def test_ray_retries_and_resource_check(local_ray, tmp_path):
 
     with pytest.raises(InputError, match="GPU"):
         run_batch(array_case, array_cases(1), tmp_path / "g", BatchOptions(resources=Resources(gpus=1), **RAY))
+
+
+def test_join_errors_are_one_sentence_and_fast():
+    from usnav.batch import connect_ray
+    from usnav.errors import InputError
+
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="no Ray cluster answers at 127.0.0.1:1"):
+        connect_ray("127.0.0.1:1")
+    with pytest.raises(InputError, match="local, auto or HOST:PORT"):
+        connect_ray("nonsense")
+    assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.slow
+def test_join_a_cluster_started_with_ray_start(tmp_path):
+    """`ray start --head` (loopback, 2 CPUs), then a batch command with --ray HOST:PORT."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats", "--block"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        out = tmp_path / "out"
+        cmd = [sys.executable, "-m", "usnav.cli.batch", "synthetic", str(out), "--cases", "6", "--sleep-s", "0.1",
+               "--ray", f"127.0.0.1:{port}"]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=150,
+                             env={**os.environ, "RAY_AUTH_MODE": "token"})
+        assert run.returncode == 0, run.stderr
+        assert f"Ray cluster 127.0.0.1:{port}" in run.stderr
+        assert_batch_complete(out, 6)
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started
+        head.wait(30)
+        # `ray start` records its address for `ray.init()` / `--ray auto`: do not leave a dead one.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()

@@ -16,6 +16,7 @@ from usnav.batch.executor import (
     Resources,
     case_fingerprint,
     run_batch,
+    connect_ray,
     start_local_ray,
 )
 from usnav.batch.manifest import MANIFEST_NAME, CaseRecord, Manifest, read_manifest, sha256_file, verify_record
@@ -37,6 +38,7 @@ __all__ = [
     "read_manifest",
     "run_batch",
     "sha256_file",
+    "connect_ray",
     "start_local_ray",
     "verify_record",
 ]

@@ -81,6 +81,7 @@ __all__ = [
     "case_fingerprint",
     "run_batch",
     "start_local_ray",
+    "connect_ray",
 ]
 
 #: Exit code of a batch command when some cases failed (0: all finished, 2: bad input).
@@ -464,28 +465,41 @@ def _import_ray():
     return ray
 
 
+@contextlib.contextmanager
+def _single_machine_ray():
+    """Ray's single-machine mode while a cluster is started or joined: every
+    address stays 127.0.0.1 (Ray otherwise swaps loopback for the machine's
+    IP). Its processes inherit ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``."""
+    name = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    saved_env = os.environ.get(name)
+    os.environ[name] = "0"  # read when ray is imported
+    try:
+        _import_ray()
+        from ray._private import ray_constants
+
+        saved = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before
+        try:
+            yield
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+    finally:
+        _restore_env(name, saved_env)
+
+
 def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None):
     """Start a private Ray cluster on this machine: loopback only, no dashboard.
 
-    Every Ray server of the cluster listens on 127.0.0.1 only (Ray's
-    single-machine mode, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which its
-    processes inherit). Returns the ``ray`` module.
+    Every Ray server of the cluster listens on 127.0.0.1 only. Returns the
+    ``ray`` module.
     """
-    saved_env = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when ray is imported
-    try:
-        ray = _import_ray()
-    except BaseException:
-        _restore_env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", saved_env)
-        raise
     import logging
 
-    from ray._private import ray_constants
+    with _single_machine_ray():
+        import ray
 
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before
-    try:
         ray.init(
+            address="local",  # always a new cluster, never one found on this machine
             num_cpus=num_cpus or os.cpu_count() or 1,
             num_gpus=num_gpus,
             include_dashboard=False,
@@ -494,9 +508,55 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None):
             object_store_memory=256 * 1024**2,
             _node_ip_address="127.0.0.1",
         )
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-        _restore_env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", saved_env)
+    return ray
+
+
+def connect_ray(address: str):
+    """Join a running Ray cluster (``"auto"`` or ``"HOST:PORT"``); returns ``ray``.
+
+    Raises :class:`InputError` at once when no cluster answers there (Ray
+    itself would wait for minutes). A loopback address joins in Ray's
+    single-machine mode, so a ``ray start --head`` bound to 127.0.0.1 works.
+    """
+    import ipaddress
+    import logging
+
+    ray = _import_ray()
+    target = address
+    if address == "auto":
+        try:
+            from ray._private import services
+
+            target = services.get_ray_address_from_environment("auto", None)
+        except Exception as exc:  # ConnectionError when there is none
+            raise InputError(f"--ray auto: found no Ray cluster started on this machine ({exc}); start one with `ray start --head`") from None
+        if not target:
+            raise InputError("--ray auto: found no Ray cluster started on this machine; start one with `ray start --head`")
+    host, sep, port = str(target).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InputError(f"--ray must be local, auto or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise InputError(f"--ray {address}: no Ray cluster answers at {host}:{port} ({exc.strerror or exc}); start it with `ray start --head` or check the address") from None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    # "auto" stays "auto" for Ray: only then does it turn token authentication on
+    # by itself when it finds a token (~/.ray/auth_token); an explicit address
+    # needs RAY_AUTH_MODE=token for a cluster with token authentication.
+    kwargs = {"address": "auto" if address == "auto" else f"{host}:{port}", "log_to_driver": False,
+              "logging_level": logging.WARNING}
+    try:
+        if loopback:
+            with _single_machine_ray():
+                ray.init(**kwargs)
+        else:
+            ray.init(**kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        hint = "" if os.environ.get("RAY_AUTH_MODE") else "; if the cluster uses token authentication, set RAY_AUTH_MODE=token"
+        raise InputError(f"--ray {address}: could not join the Ray cluster ({exc}){hint}") from None
     return ray
 
 
@@ -519,12 +579,7 @@ class _RayBackend:
             if address == "local":
                 start_local_ray(num_cpus=workers)
             else:
-                import logging
-
-                try:
-                    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-                except (ConnectionError, ValueError, RuntimeError) as exc:
-                    raise InputError(f"--ray {address}: could not connect to a Ray cluster ({exc})") from None
+                connect_ray(address)
             self._started = True
         try:
             self._setup(address, workers, resources)
@@ -633,6 +688,7 @@ class _Progress:
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
+                transient=True,  # the summary line replaces it
             )
             self._progress.start()
             self._task = self._progress.add_task(self._label(), total=total)
