@@ -4,6 +4,9 @@ Workloads (``--workload``):
 - ``cpu`` (default): :func:`usnav.batch.synthetic.cpu_case`, a documented
   CPU-bound synthetic case (200 single-threaded element-wise sin/cos passes
   over 200000 float64 values, about 0.9 s of CPU time) that writes one small array.
+- ``overhead``: :func:`usnav.batch.synthetic.array_case` without sleep (one
+  8 kB array per case): measures what the batch layer itself costs per case
+  (dispatch, sha256, fsync, rename, manifest append).
 - ``tusrec-sim``: a real per-case workload, simulating one small TUS-REC scan
   with ``usnav.sim.tusrec_sim.write_one_scan`` (``--frames`` frames of
   ``--frame-size`` pixels, coarse scatterers), written as an HDF5 file.
@@ -15,7 +18,8 @@ includes spawning its processes. The machine is shared: the load average is
 recorded before and after each configuration.
 
     .venv/bin/python benchmarks/scaling.py                      # cpu, 8 cases
-    .venv/bin/python benchmarks/scaling.py --workload tusrec-sim --cases 6
+    .venv/bin/python benchmarks/scaling.py --workload overhead --cases 200
+    .venv/bin/python benchmarks/scaling.py --workload tusrec-sim --cases 4
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ def make_cases(args):
 
     if args.workload == "cpu":
         return cpu_cases(args.cases, iterations=args.iterations)
+    if args.workload == "overhead":
+        from usnav.batch.synthetic import array_cases
+
+        return array_cases(args.cases, sleep_s=0.0)
     h, w = (int(x) for x in args.frame_size.split("x"))
     cases = []
     for i in range(args.cases):
@@ -67,7 +75,7 @@ def make_cases(args):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", choices=["cpu", "tusrec-sim"], default="cpu")
+    ap.add_argument("--workload", choices=["cpu", "overhead", "tusrec-sim"], default="cpu")
     ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--iterations", type=int, default=200, help="cpu: element-wise passes per case")
     ap.add_argument("--frames", type=int, default=20, help="tusrec-sim: frames per scan")
@@ -82,6 +90,8 @@ def main() -> None:
     task = tusrec_scan_case
     if args.workload == "cpu":
         from usnav.batch.synthetic import cpu_case as task
+    elif args.workload == "overhead":
+        from usnav.batch.synthetic import array_case as task
     cases = make_cases(args)
     workers_list = [int(w) for w in args.workers.split(",")]
     rows = []
