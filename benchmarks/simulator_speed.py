@@ -31,20 +31,20 @@ class RssSampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak_kb = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 for line in Path("/proc/self/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         self.peak_kb = max(self.peak_kb, int(line.split()[1]))
             except OSError:
                 pass
-            self._stop.wait(0.05)
+            self._halt.wait(0.05)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def main() -> int:
@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--scatterer-spacing-mm", type=float, default=0.2)
+    ap.add_argument("--tag", default="", help="suffix of the result file name (simulator_speed<tag>.json)")
     args = ap.parse_args()
 
     import numba
@@ -148,8 +149,9 @@ def main() -> int:
         "results": res,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "simulator_speed.json").write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS / 'simulator_speed.json'}")
+    path = RESULTS / f"simulator_speed{args.tag}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
     return 0
 
 

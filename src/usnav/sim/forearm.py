@@ -227,7 +227,13 @@ def make_forearm(
     fib = zoom(fib, (nx / coarse[0], ny / coarse[1], nz / coarse[2]), order=1)[:nx, :ny, :nz]
     texture = np.ones((nx, ny, nz), dtype=np.float32)
     mus = lab == L["muscle"]
-    texture[mus] = np.clip(1.0 + 0.45 * fib[mus], 0.3, 2.5)
+    texture[mus] = np.clip(0.85 + 0.3 * fib[mus], 0.3, 2.5)
+    # perimysium: sparse bright septa along the fibres ("starry sky" across, striations along the arm)
+    sept = _smooth_noise(rng, coarse, (0.6, 2.5, 0.6))
+    sept = zoom(sept, (nx / coarse[0], ny / coarse[1], nz / coarse[2]), order=1)[:nx, :ny, :nz]
+    bright = mus & (sept > 1.6)
+    texture[bright] = 2.6
+    del sept, bright
     ten = lab == L["tendon"]
     texture[ten] = np.clip(1.0 + 0.3 * fib[ten], 0.5, 2.0)
     del fib

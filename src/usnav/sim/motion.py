@@ -202,6 +202,8 @@ def _sweep_protocol(rng, n, name: str, region: SurfaceRange):
     ds = np.gradient(gaussian_filter1d(s, sig, mode="nearest"))
     dw = np.gradient(gaussian_filter1d(wv, sig, mode="nearest"))
     heading = np.unwrap(np.arctan2(ds, dw))  # angle from "across" towards "along"
+    if path == "L":  # a straight sweep: the hand keeps one orientation (drift is added later)
+        heading = np.full(n, math.atan2(s[-1] - s[0], wv[-1] - wv[0]))
     if plane == "Par":
         yaw = heading
     elif plane == "Per":
