@@ -172,3 +172,30 @@ def test_bad_submissions_exit_2(data, tmp_path, capsys, kind, message):
         assert _disp_name(1, 2) in err
     assert message in err and err.startswith("error: ") and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_evaluate_equals_remind_score_and_both_feed_the_board(data, tmp_path):
+    sub = _submission(tmp_path / "subs", "half", False, runtimes={_disp_name(2, 1): 4.0})
+    # a non-trivial field: half of the true shift
+    from usnav.io import learn2reg as l2r
+
+    for (case, mod), shift in SHIFTS.items():
+        disp = np.broadcast_to(np.asarray(shift, dtype=np.float32) / 2, (*SHAPE, 3)).copy()
+        disp[2:5, 3:6, 2:4, 0] += 0.3  # a bump, so SDlogJ is not zero
+        l2r.write_displacement(sub / _disp_name(case, mod), disp, _affine())
+    assert _run([str(data), str(sub), "--out", str(tmp_path / "ours.json")]) == 0
+    assert main(["remind", "score", str(data), str(sub), "--json", str(tmp_path / "theirs.json")]) == 0
+    ours = {r["pair"]: r for r in json.loads((tmp_path / "ours.json").read_text())["pairs"]}
+    theirs = {r["pair"]: r for r in json.loads((tmp_path / "theirs.json").read_text())["pairs"]}
+    assert set(ours) == set(theirs)
+    for name, r in ours.items():
+        for k in ("tre_mm", "tre30_mm", "tre_initial_mm", "sdlogj", "folding_fraction", "runtime_s"):
+            if theirs[name][k] is None:
+                assert r[k] is None, (name, k)
+            else:
+                assert r[k] == pytest.approx(theirs[name][k], rel=1e-9, abs=1e-12), (name, k)
+    assert ours[_disp_name(1, 1)]["sdlogj"] > 0
+    from usnav.leaderboard.remind import load_remind_results, remind_board
+
+    board = remind_board([load_remind_results(tmp_path / "ours.json"), load_remind_results(tmp_path / "theirs.json")])
+    assert [r["score"] for r in board.rows] == [1.0, 1.0]  # identical results: no significant differences
