@@ -149,3 +149,10 @@ def test_cli_refuses_a_non_empty_folder(tmp_path, capsys):
     assert main(["simulate", "tusrec", str(out), "--frames", "2"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_worker_processes_write_the_same_bytes(dataset, tmp_path):
+    par = tmp_path / "par"
+    simulate_dataset(par, CONFIG, subjects=1, first_subject=2, workers=2)
+    assert _digest(par) == _digest(dataset)
