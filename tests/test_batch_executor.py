@@ -266,3 +266,11 @@ def test_cpu_case_is_deterministic(tmp_path):
     assert [r["mean"] for r in a.results.values()] == [r["mean"] for r in b.results.values()]
     assert all(r["cpu_s"] >= 0 for r in a.results.values())
     assert ((tmp_path / "a/cpu/case_0001.npy").read_bytes() == (tmp_path / "b/cpu/case_0001.npy").read_bytes())
+
+
+def test_unreachable_ray_cluster_leaves_no_folder(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "new"
+    with pytest.raises(InputError, match="no Ray cluster answers"):
+        run_batch(array_case, array_cases(2), out, BatchOptions(ray_address="127.0.0.1:1", **QUIET))
+    assert not out.exists()

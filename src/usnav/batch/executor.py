@@ -65,7 +65,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from usnav.batch.manifest import CaseRecord, Manifest, sha256_file, verify_record
+from usnav.batch.manifest import LOCK_NAME, MANIFEST_NAME, CaseRecord, Manifest, read_manifest, sha256_file, verify_record
 from usnav.errors import InputError, input_error
 
 __all__ = [
@@ -286,8 +286,9 @@ def _run_case(task: Task, key: str, payload: Any, out_dir: str, limit_threads: f
     try:
         staging_parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{_safe_name(key)}.", dir=staging_parent))
-        result = task(payload, staging)
-        json.dumps(result)  # the result goes into the manifest: it must be JSON
+        # The result goes into the manifest: it must be JSON, and a finished case
+        # gives the same value whether it ran now or is read back later.
+        result = json.loads(json.dumps(task(payload, staging)))
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         outputs: dict[str, dict] = {}
         for p in files:
@@ -736,6 +737,21 @@ def run_batch(task: Task, cases: Sequence[Case], out_dir: str | Path, options: B
     if options.ray_address is not None:
         _import_ray()  # fail early, before any output, if the extra is missing
     t0 = time.perf_counter()
+    created = not out.exists()
+    try:
+        return _run_batch(task, cases, keys, out, options, t0)
+    except BaseException:
+        # Nothing finished in a folder this call created (e.g. a Ray cluster that
+        # could not be reached): leave no trace.
+        if created and out.is_dir() and not read_manifest(out):
+            leftovers = {p.name for p in out.iterdir()}
+            if leftovers <= {MANIFEST_NAME, LOCK_NAME, STAGING_NAME, FAILURES_NAME}:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_batch(task: Task, cases: Sequence[Case], keys: list[str], out: Path, options: BatchOptions,
+               t0: float) -> BatchReport:
     with Manifest.open(out) as manifest:
         shutil.rmtree(out / STAGING_NAME, ignore_errors=True)  # left by a killed run (we hold the lock)
         progress = _Progress(options.progress, len(cases), options.description)
