@@ -274,3 +274,10 @@ def test_unreachable_ray_cluster_leaves_no_folder(tmp_path):
     with pytest.raises(InputError, match="no Ray cluster answers"):
         run_batch(array_case, array_cases(2), out, BatchOptions(ray_address="127.0.0.1:1", **QUIET))
     assert not out.exists()
+
+
+def test_redo_runs_finished_cases_again(tmp_path):
+    run_batch(array_case, array_cases(2), tmp_path, BatchOptions(**QUIET))
+    report = run_batch(array_case, array_cases(2), tmp_path, BatchOptions(redo=True, **QUIET))
+    assert [o.redo_reason for o in report.done] == ["redo requested"] * 2
+    assert_batch_complete(tmp_path, 2)

@@ -150,6 +150,7 @@ class BatchOptions:
     resources: per-case request.
     progress: show one aggregated rich progress bar (on stderr).
     description: progress bar label.
+    redo: run every case again, even those finished and verified.
     """
 
     workers: int | None = None
@@ -159,6 +160,7 @@ class BatchOptions:
     resources: Resources = Resources()
     progress: bool = True
     description: str = "cases"
+    redo: bool = False
 
     def validate(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -762,7 +764,9 @@ def _run_batch(task: Task, cases: Sequence[Case], keys: list[str], out: Path, op
                 fp = case_fingerprint(case)
                 rec = manifest.records.get(case.key)
                 reason = None
-                if rec is not None:
+                if rec is not None and options.redo:
+                    reason = "redo requested"
+                elif rec is not None:
                     if rec.fingerprint != fp:
                         reason = "parameters changed"
                     else:
