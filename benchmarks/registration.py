@@ -89,34 +89,46 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/tmp/usnav_remind_bench"))
     ap.add_argument("--methods", default="usnav,convexadam,ants")
     ap.add_argument("--out", type=Path, default=RESULTS / "registration.json")
+    ap.add_argument("--wait-min", type=float, default=0.0,
+                    help="wait up to this many minutes per case for a separate simulating process")
+    ap.add_argument("--report", type=Path, nargs="+", default=None,
+                    help="only print one combined table from existing result JSON files (same cases)")
     args = ap.parse_args()
+    if args.report:
+        print_table(args.report)
+        return
 
     import torch
 
     from usnav import __version__
     from usnav.io import learn2reg as l2r
     from usnav.metrics.remind import score_pair
-    from usnav.sim.remind import simulate_case, write_case, rewrite_dataset_json, SimConfig
+    from usnav.sim.remind import simulate_case, write_case
 
     torch.set_num_threads(2)
     cases = list(range(args.first_case, args.first_case + args.cases))
     load_start = _load(None)
-    sim_info = {}
-    for c in cases:
-        if not (args.data / "imagesVal" / l2r.image_name(c, 0)).is_file() or not (
-            args.data / "groundtruth" / f"ReMIND2Reg_{c:04d}.json"
-        ).is_file():
+    sim_info: dict = {}
+
+    def ensure_case(c: int) -> None:
+        ready = args.data / "groundtruth" / f"ReMIND2Reg_{c:04d}.json"
+        waited = 0.0
+        while args.wait_min > 0 and not ready.is_file() and waited < args.wait_min * 60:
+            time.sleep(10)  # another process is simulating the cases
+            waited += 10
+        if not (args.data / "imagesVal" / l2r.image_name(c, 0)).is_file() or not ready.is_file():
             t = time.perf_counter()
             truth = simulate_case(c, args.seed)
             write_case(args.data, truth, "val")
             print(f"simulated case {c:04d} in {time.perf_counter() - t:.0f} s", flush=True)
-        sim_info[c] = json.loads((args.data / "groundtruth" / f"ReMIND2Reg_{c:04d}.json").read_text())
-    rewrite_dataset_json(args.data, SimConfig().shape)
+        sim_info[c] = json.loads(ready.read_text())
+
 
     methods = [m for m in args.methods.split(",") if m]
     skipped = {m: why for m in methods if (why := available(m))}
     rows: dict[str, list[dict]] = {m: [] for m in methods if m not in skipped}
     def load_case(c):
+        ensure_case(c)
         fix = l2r.read_volume(args.data / "imagesVal" / l2r.image_name(c, 0))
         movs = [l2r.read_volume(args.data / "imagesVal" / l2r.image_name(c, k)).array for k in (1, 2)]
         stem = args.data / "landmarksVal"
@@ -195,6 +207,29 @@ def _write(args, rows, skipped, sim_info, load_start, version, partial: bool) ->
     for m, why in skipped.items():
         print(f"{m:<11}  skipped: {why}")
     print(f"load average start {load_start[0]:.1f}, end {_load(None)[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+def print_table(paths: list[Path]) -> None:
+    """One table from several result files (e.g. methods run as separate processes at the same time)."""
+    hdr = f"{'method':<11}{'cases':>6}{'TRE0':>7}{'TRE':>7}{'TRE30_0':>9}{'TRE30':>7}{'SDlogJ':>8}{'fold':>9}{'wall s':>8}{'CPU s':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for p in paths:
+        doc = json.loads(Path(p).read_text())
+        for m, rs in doc["per_case"].items():
+            s = _summary(rs)
+            if s["n"] == 0:
+                print(f"{m:<11}  no finished case")
+                continue
+            ids = ",".join(str(r["case"]) for r in rs if "error" not in r)
+            print(f"{m:<11}{s['n']:>6}{s['tre_initial_mm']:>7.2f}{s['tre_mm']:>7.2f}{s['tre30_initial_mm']:>9.2f}"
+                  f"{s['tre30_mm']:>7.2f}{s['sdlogj']:>8.3f}{s['folding_fraction']:>9.1e}{s['runtime_s']:>8.1f}"
+                  f"{s['cpu_s']:>8.1f}   cases {ids}{' (partial run)' if doc.get('partial') else ''}")
+        for m, why in doc.get("skipped_methods", {}).items():
+            print(f"{m:<11}  skipped: {why}")
+        la = doc["machine"]
+        print(f"  [{Path(p).name}] load average start {la['loadavg_start'][0]:.1f}, last {la['loadavg_end'][0]:.1f}, "
+              f"{la['cpu_count']} CPUs")
 
 
 if __name__ == "__main__":
