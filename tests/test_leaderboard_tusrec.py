@@ -169,3 +169,11 @@ def test_missing_runtime_loses_a_tie(tmp_path):
     untimed = _team(tmp_path, "untimed", [{**_scan(k, _uniform(0.3)), "time_s": None} for k in KEYS])
     board = tusrec_board([load_tusrec_results(untimed), load_tusrec_results(timed)])
     assert [(r["rank"], r["team"], r["runtime_s"]) for r in board.rows] == [(1, "timed", 900.0), (2, "untimed", None)]
+
+
+def test_column_format_has_no_negative_zero():
+    from usnav.leaderboard.render import Column
+
+    assert Column("x", "x", 3).format(-0.0000001) == "0.000"
+    assert Column("x", "x", 3).format(-0.0012) == "-0.001"
+    assert Column("x", "x", 2).format(None) == "-"

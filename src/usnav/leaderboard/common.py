@@ -8,7 +8,7 @@ from typing import Any
 
 from usnav.errors import input_error
 
-__all__ = ["load_results_json", "team_name", "competition_ranks", "check_unique_teams"]
+__all__ = ["load_results_json", "competition_ranks", "check_unique_teams"]
 
 
 def load_results_json(path: str | Path, default_name: str = "results.json") -> tuple[dict[str, Any], Path, str]:
@@ -41,11 +41,6 @@ def load_results_json(path: str | Path, default_name: str = "results.json") -> t
     if team is not None and (not isinstance(team, str) or not team.strip()):
         raise input_error(file, "field 'team' must be a non-empty string")
     return doc, file, (team.strip() if team else fallback)
-
-
-def team_name(doc: dict, fallback: str) -> str:
-    team = doc.get("team")
-    return team.strip() if isinstance(team, str) and team.strip() else fallback
 
 
 def check_unique_teams(teams: list[tuple[str, Path]]) -> None:

@@ -35,6 +35,8 @@ class Column:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
         if self.decimals is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if abs(value) < 0.5 * 10.0 ** -self.decimals:
+                value = 0.0  # no "-0.000"
             return f"{value:.{self.decimals}f}"
         return str(value)
 

@@ -182,7 +182,7 @@ def tusrec_board(teams: list[TeamResults], rule: str = "2025", decimals: int = 3
         ok = [k for k in keys if t.scans[k]["status"] == "ok"]
         row: dict[str, Any] = {
             "team": t.team,
-            "score": round(final, decimals),
+            "score": round(final, decimals) + 0.0,  # + 0.0: no negative zero
             "score_unrounded": final,
             **side,
             **{m: _mean_defined([t.scans[k][m] for k in ok]) for m in METRICS},
