@@ -41,14 +41,20 @@ from usnav.metrics.tusrec_dataset import iter_scores, summarise
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def score_method(data: Path, predictor, work: Path) -> dict:
-    pred = work / predictor.method
-    res = predict_dataset(data, pred, predictor, overwrite=True)
-    summary = summarise(list(iter_scores(open_dataset(data), pred_root=pred)))
+def score_method(roots: list[Path], predictor, work: Path) -> dict:
+    """Predict and score every scan of every data set in ``roots``; mean over all scans."""
+    scores, seconds = [], []
+    for i, data in enumerate(roots):
+        pred = work / f"{predictor.method}_{i}"
+        res = predict_dataset(data, pred, predictor, overwrite=True)
+        seconds += list(res["seconds"].values())
+        scores += list(iter_scores(open_dataset(data), pred_root=pred))
+    summary = summarise(scores)
     m = summary["mean"]
     return {k: m.get(k) for k in ("GPE", "GLE", "LPE", "LLE", "score")} | {
-        "seconds_per_scan": float(np.mean(list(res["seconds"].values()))) if res["seconds"] else None,
+        "seconds_per_scan": float(np.mean(seconds)) if seconds else None,
         "scans": len(summary["scans"]),
+        "per_scan": [{k: r[k] for k in ("subject", "scan", "GPE", "GLE", "LPE", "LLE", "score")} for r in summary["scans"]],
     }
 
 
@@ -79,7 +85,7 @@ def plus_as_tusrec(mha: Path, config_xml: Path, out: Path) -> Path:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--test", type=Path, required=True)
+    p.add_argument("--test", type=Path, nargs="+", required=True, help="test data set folder(s)")
     p.add_argument("--generate", action="store_true", help="simulate the test set into --test first")
     p.add_argument("--subjects", default="90,91", help="held-out subject indices (with --generate)")
     p.add_argument("--seed", type=int, default=9090)
@@ -90,6 +96,9 @@ def main() -> int:
     p.add_argument("--plus-config", type=Path)
     p.add_argument("--timing-frames", type=int, default=1500)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--methods", default="identity,decorrelation,two-frame,sequence",
+                   help="comma-separated subset to run (learned ones need --two-frame/--sequence)")
+    p.add_argument("--merge", action="store_true", help="keep the other methods' results already in --out")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "freehand.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -99,19 +108,29 @@ def main() -> int:
 
         for k, subject in enumerate(int(s) for s in a.subjects.split(",")):
             anatomy = "forearm"
-            write_segments(a.test, anatomy, "rotation", subject, a.seed + k, 1500, a.segment, 1, (480, 640))
-    methods = [("identity", None), ("decorrelation", None)]
-    if a.two_frame:
+            write_segments(a.test[0] / f"sub{subject}", anatomy, "rotation", subject, a.seed + k, 1500, a.segment, 1,
+                           (480, 640))
+        a.test = sorted(a.test[0].glob("sub*"))
+    wanted = a.methods.split(",")
+    methods = [(m, None) for m in ("identity", "decorrelation") if m in wanted]
+    if a.two_frame and "two-frame" in wanted:
         methods.append(("two-frame", a.two_frame))
-    if a.sequence:
+    if a.sequence and "sequence" in wanted:
         methods.append(("sequence", a.sequence))
     results: dict = {"simulated": {}, "timing_s": {}, "plus": {}}
-    ds = open_dataset(a.test)
-    n_frames = []
-    for ref in ds.scans:
-        with ds.open_scan(ref) as s:
-            n_frames.append(s.n_frames)
-            frame_shape = s.frame_shape
+    previous_config = None
+    if a.merge and a.out.exists():
+        old = json.loads(a.out.read_text())
+        results = old["results"]
+        previous_config = old.get("config")
+    n_frames, test_scans = [], []
+    for root in a.test:
+        ds = open_dataset(root)
+        for ref in ds.scans:
+            test_scans.append(f"{root}:{ref}")
+            with ds.open_scan(ref) as s:
+                n_frames.append(s.n_frames)
+                frame_shape = s.frame_shape
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name, model in methods:
@@ -132,9 +151,12 @@ def main() -> int:
             cfg_xml = a.plus_config or next(a.plus.parent.glob("PlusDeviceSet_*NN_MEAN.xml"))
             plus_data = plus_as_tusrec(a.plus, cfg_xml, work / "plus_data")
             for name, model in methods:
-                results["plus"][name] = score_method(plus_data, make_predictor(name, model), work / "plus")
+                results["plus"][name] = score_method([plus_data], make_predictor(name, model), work / "plus")
                 print("plus", name, results["plus"][name], flush=True)
 
+    order = ("identity", "decorrelation", "two-frame", "sequence")
+    for key in results:
+        results[key] = {k: results[key][k] for k in sorted(results[key], key=lambda m: order.index(m) if m in order else 9)}
     from rich.console import Console
     from rich.table import Table
 
@@ -154,8 +176,10 @@ def main() -> int:
                       fmt(results["timing_s"].get(name), 1) if key == "simulated" else "")
         Console().print(t)
     out = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
-        "test_scans": [str(r) for r in ds.scans], "test_frames": n_frames, "frame_shape": list(frame_shape),
+        "previous_run_config": previous_config,
+        "config": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
+                   for k, v in vars(a).items()},
+        "test_scans": test_scans, "test_frames": n_frames, "frame_shape": list(frame_shape),
         "results": results, "usnav_version": __version__,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": a.threads,
                     "load_average": os.getloadavg()},

@@ -47,6 +47,7 @@ def train_cmd(
     checkpoint_every: int = typer.Option(0, help="Also save last/ every K steps."),
     max_minutes: float = typer.Option(0.0, help="Stop (and save) after this wall time; 0: no limit."),
     window: int = typer.Option(32, help="sequence: local transforms per training window."),
+    window_stride: int = typer.Option(8, help="sequence: frames between the starts of training windows."),
     preset: str = typer.Option("lite", help="two-frame network: lite (CPU) or b1 (EfficientNet-B1 widths)."),
     threads: int = typer.Option(0, help="torch CPU threads per process (0: leave torch's default)."),
 ) -> None:
@@ -68,7 +69,8 @@ def train_cmd(
         torch.set_num_threads(threads)
     cfg = TrainConfig(method=method, input_hw=_parse_hw(frame_size), epochs=epochs, batch_size=batch_size, lr=lr,
                       seed=seed, val_fraction=val_fraction, steps_per_epoch=steps_per_epoch,
-                      checkpoint_every=checkpoint_every, max_minutes=max_minutes, window=window, preset=preset)
+                      checkpoint_every=checkpoint_every, max_minutes=max_minutes, window=window,
+                      window_stride=window_stride, preset=preset)
     from rich.console import Console
 
     console = Console(stderr=True)

@@ -101,7 +101,7 @@ def predict_transforms(
             Lw = matrix_from_params_deg(local[0].double().cpu()).numpy()
             Gw = matrix_from_params_deg(glob[0].double().cpu()).numpy()
             L[s : e - 1] = Lw
-            G[s : e - 1] = base @ Gw
+            G[s : e - 1] = base @ (Gw if model.cfg.global_mode == "head" else chain_local(Lw))
             base = G[e - 2]
             if progress is not None:
                 progress(e - 1 - s)

@@ -197,6 +197,7 @@ class SequenceConfig:
     hidden: int = 128
     layers: int = 2
     window: int = 32
+    global_mode: str = "head"  # inference globals: "head" (window-global head) or "chain" (chained locals)
 
     def to_dict(self) -> dict:
         return asdict(self)
