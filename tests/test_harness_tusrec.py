@@ -104,6 +104,10 @@ def _write_submission(root: Path, name: str, data: Path) -> Path:
     if name == "importerror":
         text = SUBMISSIONS[name]
     (folder / "predict_ddfs.py").write_text(textwrap.dedent(text))
+    if name == "perfect":
+        # a package in the submission folder must not shadow the harness's own imports
+        (folder / "usnav").mkdir()
+        (folder / "usnav" / "__init__.py").write_text("raise ImportError('shadowed')\n")
     return folder
 
 

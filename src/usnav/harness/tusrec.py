@@ -380,7 +380,9 @@ def evaluate_submission(
     results: list[ScanResult] = []
     with atomic_dir(out) as tmp_out:
         log_path = tmp_out / LOG_NAME
-        argv = [sys.executable, "-m", "usnav.harness._tusrec_worker", str(submission), "--device", device,
+        # -P: the submission folder (the child's working directory) must not shadow the harness's own imports;
+        # the worker adds it to sys.path itself, after importing numpy, h5py, torch and usnav.
+        argv = [sys.executable, "-P", "-m", "usnav.harness._tusrec_worker", str(submission), "--device", device,
                 "--memory-limit-bytes", str(int(memory_limit_gb * 1e9))]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
