@@ -118,7 +118,7 @@ def simulate_demo_case(
     seed: int = 0,
     n_frames: int = 160,
     frame_hw: tuple[int, int] = (240, 320),
-    depth_mm: float = 70.0,
+    depth_mm: float = 90.0,
     init_error: tuple[float, float] = (8.0, 6.0),
     protocol: str = "Per_L_DtP",
     n_landmarks: int = 20,
