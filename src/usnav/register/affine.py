@@ -197,6 +197,6 @@ def fit_rigid_affine(
         sp = sp_l
     M = rotation_matrix(w) @ (torch.eye(3) + B)
     T = _matrix(M, t, centre, sp).double().numpy()
-    info["rotation_deg"] = float(np.rad2deg(torch.linalg.norm(w)))
+    info["rotation_deg"] = float(np.rad2deg(float(torch.linalg.norm(w))))
     info["translation_mm"] = [float(v) for v in t]
     return scale_transform(T, f_prev, 1.0), info
