@@ -183,3 +183,31 @@ def test_submission_matches_tusrec_ddfs(tmp_path: Path, model: str):
             assert arr.dtype == np.float32
             np.testing.assert_allclose(arr, f[name][()], atol=1e-5, rtol=0)
     assert np.abs(GP).max() > 0  # a real prediction, not all zeros
+
+
+def test_cli_train_then_predict_with_run(tusrec_data, tmp_path: Path):
+    data, _ = tusrec_data
+    run = tmp_path / "run"
+    args = ["freehand", "train", str(data), "--method", "sequence", "--out", str(run), "--epochs", "1",
+            "--frame-size", "16x16", "--window", "4", "--window-stride", "4", "--steps-per-epoch", "1", "--threads", "1"]
+    assert main(args) == 0
+    assert (run / "metrics.csv").exists() and (run / "best" / "model.safetensors").exists()
+    assert main(args) == 2  # the run exists: --resume is required
+    pred = tmp_path / "pred"
+    assert main(["freehand", "predict", str(data), "--model", str(run), "--out", str(pred)]) == 0
+    assert main(["freehand", "predict", str(data), "--model", str(run), "--method", "two-frame", "--out", str(pred)]) == 2
+    assert len(_scores(data, pred)) == 4
+
+
+def test_default_weights_ship_and_predict(tusrec_data, tmp_path: Path):
+    from usnav.freehand.predict import DEFAULT_MODEL_DIR, resolve_checkpoint
+
+    if not (DEFAULT_MODEL_DIR / "model.safetensors").exists():
+        pytest.fail(f"default weights missing in {DEFAULT_MODEL_DIR}")
+    folder = resolve_checkpoint("default")
+    assert (folder / "model.safetensors").stat().st_size <= 30 * 2**20
+    data, _ = tusrec_data
+    pred = tmp_path / "pred"
+    assert main(["freehand", "predict", str(data), "--model", "default", "--out", str(pred)]) == 0
+    scores = _scores(data, pred)
+    assert len(scores) == 4 and all(np.isfinite(s.score) for s in scores)
