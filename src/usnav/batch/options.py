@@ -30,9 +30,13 @@ RAY_HELP = (
 
 
 def workers_option(default: int | None = None) -> Any:
-    """``--workers N``: local worker processes (1: in this process)."""
+    """``--workers N``: local worker processes (1: in this process).
+
+    No typer ``min=``: :func:`batch_options` checks the values, so a bad one is
+    one sentence and exit code 2 like every other bad input.
+    """
     return typer.Option(
-        default, "--workers", min=1, help="Cases run in parallel: local worker processes (default 1: in this process)."
+        default, "--workers", help="Cases run in parallel: local worker processes (default 1: in this process)."
     )
 
 
@@ -43,7 +47,7 @@ def ray_option() -> Any:
 
 def retries_option(default: int = 0) -> Any:
     """``--retries R``: extra attempts of a failing case."""
-    return typer.Option(default, "--retries", min=0, help="Extra attempts of a case that raises before it is reported failed.")
+    return typer.Option(default, "--retries", help="Extra attempts of a case that raises before it is reported failed.")
 
 
 def batch_options(
@@ -54,10 +58,12 @@ def batch_options(
     resources: Resources = Resources(),
     description: str = "cases",
     progress: bool = True,
+    redo: bool = False,
 ) -> BatchOptions:
     """Validated :class:`BatchOptions` from the CLI values (InputError, exit 2, if bad)."""
     opts = BatchOptions(
-        workers=workers, ray_address=ray, retries=retries, resources=resources, description=description, progress=progress
+        workers=workers, ray_address=ray, retries=retries, resources=resources, description=description,
+        progress=progress, redo=redo,
     )
     opts.validate()
     return opts

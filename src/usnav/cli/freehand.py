@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from usnav.batch.options import ray_option, retries_option, workers_option
 from usnav.errors import InputError
 
 app = typer.Typer(help="Trackerless freehand pose estimation: train, predict, build a TUS-REC submission.",
@@ -86,17 +87,58 @@ def predict_cmd(
     out: Path = typer.Option(..., "--out", help="Prediction folder <out>/<subject>/<scan>.h5."),
     method: Optional[str] = typer.Option(None, help="identity, decorrelation, two-frame or sequence (default: the model's)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    overwrite: bool = typer.Option(False, help="Re-predict scans whose prediction file exists (default: skip them)."),
+    overwrite: bool = typer.Option(False, help="Re-predict scans already predicted (default: skip them)."),
+    workers: Optional[int] = workers_option(),  # batch layer (usnav.batch)
+    ray: Optional[str] = ray_option(),  # batch layer
+    retries: int = retries_option(),  # batch layer
 ) -> None:
-    """Predict global and local transforms of every scan (resumable: existing files are skipped)."""
-    from usnav.freehand.predict import make_predictor, predict_dataset
+    """Predict global and local transforms of every scan (resumable: scans in the folder's manifest are skipped)."""
+    from usnav.freehand.predict import make_predictor
 
     if method is None and model is None:
         raise InputError("give --model (a run folder or 'default') or --method identity|decorrelation")
     predictor = make_predictor(method, model, device)
-    with _progress() as progress:
-        result = predict_dataset(data, out, predictor, progress=progress, overwrite=overwrite)
-    typer.echo(f"{predictor.method}: wrote {result['written']} predictions, skipped {result['skipped']} existing, in {out}")
+    # ---- batch layer (usnav.batch): one case per scan, resumable; --workers / --ray / --retries
+    from usnav.batch import Case, Resources, run_batch
+    from usnav.batch.options import batch_options, finish
+    from usnav.io.tusrec import open_dataset
+
+    opts = batch_options(workers, ray, retries, resources=Resources.for_device(device),
+                         description=f"predict {predictor.method}", redo=overwrite)
+    ds = open_dataset(data, require_calibration=True)
+    if ds.calibration is None:
+        raise InputError(f"{data}: no calib_matrix.csv: predictions are in image-mm and need the pixel scaling")
+    spec = {"data": str(Path(data).resolve()), "method": predictor.method,
+            "model": None if model is None else (model if model == "default" else str(Path(model).resolve())),
+            "device": device}
+    _PREDICTORS[(spec["method"], spec["model"], device)] = predictor  # in-process runs reuse it
+    cases = [Case(f"{ref.subject}/{ref.scan}", {**spec, "subject": ref.subject, "scan": ref.scan}) for ref in ds.scans]
+    report = run_batch(_predict_scan_case, cases, out, opts)
+    typer.echo(f"{predictor.method}: wrote {len(report.done)} predictions, skipped {len(report.skipped)} finished, in {out}")
+    finish(report)  # exit code 3 if some scans failed (see usnav_failures.json)
+
+
+_PREDICTORS: dict = {}  # per worker process: (method, model, device) -> Predictor
+
+
+def _predict_scan_case(payload: dict, out: Path) -> dict:
+    """Batch task (usnav.batch): predict one scan into ``out/<subject>/<scan>.h5``."""
+    import time
+
+    from usnav.freehand.predict import make_predictor
+    from usnav.io.tusrec import ScanRef, open_dataset, prediction_path, write_prediction
+
+    key = (payload["method"], payload["model"], payload["device"])
+    if key not in _PREDICTORS:
+        _PREDICTORS[key] = make_predictor(*key)
+    ds = open_dataset(payload["data"], require_calibration=True)
+    ref = ScanRef(payload["subject"], payload["scan"])
+    with ds.open_scan(ref) as scan:
+        t0 = time.perf_counter()
+        G, L = _PREDICTORS[key](scan.frames, ds.calibration.T_mm_from_pixel, None)
+        seconds = time.perf_counter() - t0
+    write_prediction(prediction_path(out, ref), G, L)
+    return {"seconds": seconds}
 
 
 @app.command("submission")

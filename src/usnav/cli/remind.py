@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
+
+from usnav.batch.options import ray_option, retries_option, workers_option
 
 app = typer.Typer(help="ReMIND2Reg iUS-MRI registration: run on a Learn2Reg data set, score displacement fields.",
                   no_args_is_help=True)
@@ -29,15 +32,15 @@ def run(
     data: Path = typer.Argument(..., help="Data set folder (Learn2Reg layout)."),
     out: Path = typer.Option(..., "--out", help="Output folder for disp_*.nii.gz."),
     pairs: str = typer.Option("val", "--pairs", help="val | train | test | all"),
-    resume: bool = typer.Option(False, "--resume", help="Skip pairs whose output already exists."),
-    threads: int = typer.Option(2, "--threads", min=1, help="CPU threads."),
+    resume: bool = typer.Option(False, "--resume", help="Skip cases already finished (checked against the folder's manifest)."),
+    threads: int = typer.Option(2, "--threads", min=1, help="CPU threads (per case)."),
+    workers: Optional[int] = workers_option(),  # batch layer (usnav.batch)
+    ray: Optional[str] = ray_option(),  # batch layer
+    retries: int = retries_option(),  # batch layer
 ) -> None:
     """Register every selected pair; ceT1 and T2 of a case are used jointly (one field, both outputs)."""
-    from rich.progress import Progress
-
     from usnav.io import learn2reg as l2r
     from usnav.io.atomic import atomic_path
-    from usnav.register.pipeline import RegistrationConfig, register_pair
 
     ds = l2r.open_dataset(data)
     sel = _select(ds, pairs)
@@ -47,29 +50,43 @@ def run(
     by_fixed: dict[Path, list] = {}
     for p in sel:
         by_fixed.setdefault(p.fixed, []).append(p)
-    out.mkdir(parents=True, exist_ok=True)
+    # ---- batch layer (usnav.batch): one case per fixed image, resumable; --workers / --ray / --retries
+    from usnav.batch import Case, Resources, case_fingerprint, run_batch
+    from usnav.batch.options import batch_options, finish
+
+    opts = batch_options(workers, ray, retries, resources=Resources(cpus=threads), description="remind run",
+                         redo=not resume)
+    cases = []
+    for fixed, plist in by_fixed.items():
+        # use every moving modality of the case jointly (same pre-operative grid)
+        movs_paths = sorted({p.moving for p in ds.pairs("all") if p.fixed == fixed} | {p.moving for p in plist})
+        payload = {"fixed": str(Path(fixed).resolve()), "movings": [str(Path(m).resolve()) for m in movs_paths],
+                   "disp_names": [p.disp_name for p in plist]}
+        fp = case_fingerprint(Case(Path(fixed).name, payload))  # --threads does not change the result
+        cases.append(Case(Path(fixed).name, {**payload, "threads": threads}, fingerprint=fp))
+    report = run_batch(_register_case, cases, out, opts)
     rt_path = out / RUNTIME_JSON
     runtimes = json.loads(rt_path.read_text()) if rt_path.is_file() else {}
-    with Progress() as progress:
-        task = progress.add_task("registering", total=len(sel))
-        for fixed, plist in by_fixed.items():
-            todo = [p for p in plist if not (resume and (out / p.disp_name).is_file())]
-            if not todo:
-                progress.advance(task, len(plist))
-                continue
-            fix = l2r.read_volume(fixed)
-            # use every moving modality of the case jointly (same pre-operative grid)
-            movs_paths = sorted({p.moving for p in ds.pairs("all") if p.fixed == fixed} | {p.moving for p in plist})
-            movs = [l2r.read_volume(m).array for m in movs_paths]
-            res = register_pair(fix.array, movs, fix.spacing_mm, config=RegistrationConfig(threads=threads))
-            for p in todo:
-                l2r.write_displacement(out / p.disp_name, res.disp_vox, fix.affine)
-                runtimes[p.disp_name] = res.runtime_s
-                progress.console.print(f"{p.disp_name}: {res.runtime_s:.1f} s")
-                progress.advance(task)
-            progress.advance(task, len(plist) - len(todo))
-            with atomic_path(rt_path) as tmp:
-                tmp.write_text(json.dumps(runtimes, indent=2))
+    for o in report.done:
+        for name in o.result["disp_names"]:
+            runtimes[name] = o.result["runtime_s"]
+            typer.echo(f"{name}: {o.result['runtime_s']:.1f} s")
+    with atomic_path(rt_path) as tmp:
+        tmp.write_text(json.dumps(runtimes, indent=2))
+    finish(report)  # exit code 3 if some cases failed (see usnav_failures.json)
+
+
+def _register_case(payload: dict, out: Path) -> dict:
+    """Batch task (usnav.batch): register one fixed image with its moving images, write its fields into ``out``."""
+    from usnav.io import learn2reg as l2r
+    from usnav.register.pipeline import RegistrationConfig, register_pair
+
+    fix = l2r.read_volume(Path(payload["fixed"]))
+    movs = [l2r.read_volume(Path(m)).array for m in payload["movings"]]
+    res = register_pair(fix.array, movs, fix.spacing_mm, config=RegistrationConfig(threads=payload["threads"]))
+    for name in payload["disp_names"]:
+        l2r.write_displacement(out / name, res.disp_vox, fix.affine)
+    return {"runtime_s": res.runtime_s, "disp_names": payload["disp_names"]}
 
 
 @app.command("score")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
+
+from usnav.batch.options import ray_option, retries_option, workers_option
 
 
 def register(app: typer.Typer) -> None:
@@ -19,12 +22,13 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Write into imagesVal (val) or imagesTr (train)."),
         grid: int = typer.Option(256, "--grid", min=32, help="Voxels per axis (challenge: 256)."),
         spacing: float = typer.Option(0.5, "--spacing", min=0.05, help="Voxel spacing, mm (challenge: 0.5)."),
+        workers: Optional[int] = workers_option(),  # batch layer (usnav.batch)
+        ray: Optional[str] = ray_option(),  # batch layer
+        retries: int = retries_option(),  # batch layer
     ) -> None:
         """Simulate brain-shift cases: pre-op ceT1/T2, known deformation, post-resection iUS, landmark pairs."""
-        from rich.progress import Progress
-
         from usnav.errors import input_error
-        from usnav.sim.remind import SimConfig, simulate_dataset
+        from usnav.sim.remind import SimConfig
 
         if split not in ("val", "train"):
             raise input_error(None, f"--split must be 'val' or 'train', got {split!r}")
@@ -42,15 +46,27 @@ def register(app: typer.Typer) -> None:
             n_ang=max(48, int(128 * min(1.0, grid / 256 * 2))),
         )
         del scale
-        with Progress() as progress:
-            task = progress.add_task("simulating", total=cases)
+        # ---- batch layer (usnav.batch): one case per ReMIND case, resumable; --workers / --ray / --retries
+        from usnav.batch import Case, run_batch
+        from usnav.batch.options import batch_options, finish
+        from usnav.sim.remind import rewrite_dataset_json
 
-            def done(info: dict) -> None:
-                s = info["shift_stats"]
-                progress.console.print(
-                    f"case {info['case']:04d}: shift mean {s['mean_mm']:.1f} mm, max {s['max_mm']:.1f} mm, "
-                    f"{info['n_landmarks']} landmarks"
-                )
-                progress.advance(task)
+        opts = batch_options(workers, ray, retries, description="simulate remind")
+        todo = [Case(f"case_{c:04d}", {"case": c, "seed": seed, "split": split, "config": cfg})
+                for c in range(first_case, first_case + cases)]
+        report = run_batch(_simulate_remind_case, todo, out, opts)
+        for key, info in report.results.items():
+            s = info["shift_stats"]
+            typer.echo(f"case {info['case']:04d}: shift mean {s['mean_mm']:.1f} mm, max {s['max_mm']:.1f} mm, "
+                       f"{info['n_landmarks']} landmarks")
+        rewrite_dataset_json(out, cfg.shape)
+        finish(report)  # exit code 3 if some cases failed (see usnav_failures.json)
 
-            simulate_dataset(out, cases, first_case, seed, split, cfg, progress=done)
+
+def _simulate_remind_case(payload: dict, out: Path) -> dict:
+    """Batch task (usnav.batch): simulate and write one case into ``out``; its info goes to the manifest."""
+    from usnav.sim.remind import simulate_case, write_case
+
+    truth = simulate_case(payload["case"], payload["seed"], payload["config"])
+    write_case(out, truth, payload["split"])
+    return truth.info
