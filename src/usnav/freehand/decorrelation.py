@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from usnav.geometry.tracking import chain_local
+
 __all__ = ["estimate_transforms", "calibrate", "load_calibration", "CALIBRATION_FILE", "ANALYSIS_SPACING_MM"]
 
 CALIBRATION_FILE = Path(__file__).with_name("decorrelation_calibration.json")
@@ -195,15 +197,6 @@ def _matrix(params: np.ndarray) -> np.ndarray:
     return matrix_from_params_deg(torch.from_numpy(p)).numpy()
 
 
-def _chain(L: np.ndarray) -> np.ndarray:
-    G = np.empty_like(L)
-    acc = np.eye(4)
-    for i in range(len(L)):
-        acc = acc @ L[i]
-        G[i] = acc
-    return G
-
-
 def apply_sign_rule(speed: np.ndarray, rule: str = "turning-point") -> np.ndarray:
     """Signs (n,) of the out-of-plane motion from unsigned speeds (n,) (see the module docstring)."""
     n = len(speed)
@@ -327,7 +320,7 @@ def estimate_transforms(
     params6[:, 3:5] = inplane[:, :2]
     params6[:, 5] = s * planes[:, 0]
     L = _matrix(params6)
-    return _chain(L), L
+    return chain_local(L), L
 
 
 if __name__ == "__main__":  # regenerate the shipped calibration table

@@ -17,20 +17,11 @@ import numpy as np
 import torch
 
 from .models import SequenceNet, TwoFrameNet, build_model, downsample_frames, matrix_from_params_deg
+from usnav.geometry.tracking import chain_local
 
 __all__ = ["chain_local", "load_model", "predict_transforms", "prepare_frames", "identity_transforms"]
 
 Progress = Callable[[int], None] | None
-
-
-def chain_local(L: np.ndarray) -> np.ndarray:
-    """Globals (N-1, 4, 4) from locals (N-1, 4, 4): ``G[n] = L[1] @ ... @ L[n]``."""
-    G = np.empty_like(L)
-    acc = np.eye(4)
-    for i in range(len(L)):
-        acc = acc @ L[i]
-        G[i] = acc
-    return G
 
 
 def identity_transforms(n_frames: int) -> tuple[np.ndarray, np.ndarray]:
