@@ -61,7 +61,7 @@ from usnav.errors import InputError, input_error
 from usnav.harness.sandbox import CallResult, Sandbox
 from usnav.io.atomic import atomic_dir
 from usnav.io.tusrec import CALIB_FILENAME, ScanRef, TusrecDataset, open_dataset
-from usnav.metrics.tusrec import METRICS, landmark_ddf, mean_landmark_error, mean_pixel_error
+from usnav.metrics.tusrec import METRICS, landmark_ddf, mean_landmark_error, mean_pixel_error, normalised_score
 
 __all__ = [
     "STATUSES",
@@ -112,12 +112,7 @@ class ScanResult:
 
     def normalised(self, metric: str) -> float | None:
         """``1 - M / M_identity`` (None when the scan failed or the metric is undefined)."""
-        value, ref = getattr(self, metric), getattr(self, f"{metric}_identity")
-        if value is None or ref is None:
-            return None
-        if ref == 0.0:
-            return 1.0 if value == 0.0 else float("-inf")
-        return 1.0 - value / ref
+        return normalised_score(getattr(self, metric), getattr(self, f"{metric}_identity"))
 
     @property
     def score(self) -> float | None:

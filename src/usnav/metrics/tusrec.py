@@ -38,6 +38,7 @@ __all__ = [
     "landmark_points_mm",
     "mean_pixel_error",
     "mean_landmark_error",
+    "normalised_score",
     "pixel_error_per_frame",
     "pixel_points_mm",
     "score_scan",
@@ -177,6 +178,16 @@ def mean_landmark_error(T_pred: ArrayLike, T_true: ArrayLike, landmarks: ArrayLi
     return float(np.linalg.norm(diff, axis=0).mean())
 
 
+def normalised_score(error: float | None, identity_error: float | None) -> float | None:
+    """The 2025 per-metric score ``1 - M / M_identity`` (None if either is undefined;
+    1 for a perfect prediction, 0 for the identity, negative when worse)."""
+    if error is None or identity_error is None:
+        return None
+    if identity_error == 0.0:
+        return 1.0 if error == 0.0 else float("-inf")
+    return 1.0 - error / identity_error
+
+
 @dataclass(frozen=True)
 class ScanScore:
     """Errors (mm) of one scan, the identity errors, and the normalised scores.
@@ -198,12 +209,7 @@ class ScanScore:
 
     def normalised(self, metric: str) -> float | None:
         """``1 - M / M_identity`` (can be negative; 1 for a perfect prediction)."""
-        value, ref = getattr(self, metric), getattr(self, f"{metric}_identity")
-        if value is None or ref is None:
-            return None
-        if ref == 0.0:
-            return 1.0 if value == 0.0 else float("-inf")
-        return 1.0 - value / ref
+        return normalised_score(getattr(self, metric), getattr(self, f"{metric}_identity"))
 
     @property
     def score(self) -> float:
