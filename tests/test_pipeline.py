@@ -146,3 +146,16 @@ def test_pipeline_registration_recovers_rigid_shift(tmp_path, rng):
     assert saved["landmarks"]["after"]["TRE_mm"] == pytest.approx(lm["after"]["TRE_mm"])
     for name in ("us_volume", "displacement", "report", "landmarks_mapped"):
         assert res.paths[name].exists()
+
+
+def test_pipeline_skips_registration_when_poses_collapse(tmp_path, rng):
+    from usnav.pipeline import run
+
+    sweep, mri, pose, lm_csv, _ = _write_phantom_case(tmp_path, rng)
+    res = run(sweep, mri=[mri], init_pose=pose, out=tmp_path / "out", method="identity", spacing_mm=1.0,
+              landmarks_mri=lm_csv)
+    assert "only" in res.metrics["registration"]["skipped"]
+    lm = res.metrics["landmarks"]
+    assert lm["after"]["TRE_mm"] == lm["before"]["TRE_mm"]
+    assert "displacement" not in res.paths and res.paths["report"].exists()
+    assert "Registration skipped" in res.paths["report"].read_text()

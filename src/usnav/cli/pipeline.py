@@ -44,6 +44,8 @@ def _print_summary(result, title: str) -> None:
         table.add_row("TRE before registration (mm)", f"{lm['before']['TRE_mm']:.2f}")
         table.add_row("TRE after registration (mm)", f"{lm['after']['TRE_mm']:.2f}")
         table.add_row("TRE30 after (mm)", f"{lm['after']['TRE30_mm']:.2f}")
+    if "skipped" in m.get("registration", {}):
+        table.add_row("registration", "skipped: " + m["registration"]["skipped"])
     for stage, seconds in m.get("timings_s", {}).items():
         table.add_row(f"time: {stage} (s)", f"{seconds:.1f}")
     Console().print(table)

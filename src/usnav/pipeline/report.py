@@ -64,6 +64,8 @@ def build_report(sweep, G_est: NDArray[np.float64], G_true: NDArray[np.float64] 
         weight = volume.weight if volume.weight is not None else fixed > 0
         # the slice with the most ultrasound in it
         k = int(np.argmax((weight > 0).sum(axis=(0, 1))))
+        if "skipped" in metrics.get("registration", {}):
+            r.paragraph("Registration skipped: " + metrics["registration"]["skipped"] + ".", note=True)
         r.image(figures.overlay_figure(fixed, mri_initial[0], mri_corrected[0], axis=2, index=k,
                                        spacing_mm=volume.spacing_mm, title="MRI (first given) on iUS"),
                 "Before: MRI placed by the navigation pose. After: rigid + deformable registration.")

@@ -35,6 +35,17 @@ __all__ = ["PipelineResult", "run"]
 
 Progress = Callable[[str, int, int], None]
 
+# The registration works on 4 mm cells with 3-cell neighbourhoods; thinner volumes cannot be registered.
+MIN_FOV_EXTENT_MM = 24.0
+
+
+def _fov_extent_mm(fov: NDArray[np.bool_], spacing_mm: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Bounding-box size (3,) in mm of the voxels with data."""
+    idx = np.argwhere(fov)
+    if len(idx) == 0:
+        return np.zeros(3)
+    return (idx.max(axis=0) - idx.min(axis=0) + 1) * np.asarray(spacing_mm, dtype=np.float64)
+
 
 @dataclass
 class PipelineResult:
@@ -155,17 +166,28 @@ def run(
         tick("registration", 0, 1)
         mri_initial = [st.resample_to_grid(m, A_world, vol.shape) for m in mris]
         fov = vol.weight > 0 if vol.weight is not None else vol.array > 0
-        reg = st.register_mri_to_us(vol.array, mri_initial, vol.spacing_mm, fov_mask=fov)
-        disp = reg.disp_vox
-        from usnav.register.pipeline import warp_image
+        extent_mm = _fov_extent_mm(fov, vol.spacing_mm)
+        if extent_mm.min() < MIN_FOV_EXTENT_MM:
+            # A sweep whose poses collapse onto a few planes gives no 3D volume to register to.
+            res.metrics["registration"] = {"skipped": (
+                f"the compounded volume is only {extent_mm.min():.1f} mm thick along one axis "
+                f"(< {MIN_FOV_EXTENT_MM:.0f} mm): the estimated poses do not span a 3D volume")}
+            mri_corrected = list(mri_initial)
+        else:
+            reg = st.register_mri_to_us(vol.array, mri_initial, vol.spacing_mm, fov_mask=fov)
+            disp = reg.disp_vox
+            from usnav.register.pipeline import warp_image
 
-        mri_corrected = [warp_image(m, disp) for m in mri_initial]
-        res.paths["displacement"] = write_nifti(out / "displacement.nii.gz", disp.astype(np.float32), A_world, world="ras")
+            mri_corrected = [warp_image(m, disp) for m in mri_initial]
+            res.paths["displacement"] = write_nifti(out / "displacement.nii.gz", disp.astype(np.float32), A_world,
+                                                    world="ras")
+            res.metrics["registration"] = {"runtime_s": reg.runtime_s}
         for m, before, after in zip(mris, mri_initial, mri_corrected, strict=True):
             stem = m.name.removesuffix(".gz").removesuffix(".nii")
             res.paths[f"{stem}_initial"] = write_nifti(out / f"{stem}_initial.nii.gz", before, A_world, world="ras")
-            res.paths[f"{stem}_corrected"] = write_nifti(out / f"{stem}_corrected.nii.gz", after, A_world, world="ras")
-        res.metrics["registration"] = {"runtime_s": reg.runtime_s}
+            if disp is not None:
+                res.paths[f"{stem}_corrected"] = write_nifti(out / f"{stem}_corrected.nii.gz", after, A_world,
+                                                             world="ras")
         tick("registration", 1, 1)
         lap("registration")
 
