@@ -67,9 +67,12 @@ _mount_groups()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input becomes one sentence on stderr and exit code 2."""
+    """Entry point: bad input becomes one sentence on stderr and exit code 2;
+    a command's own ``typer.Exit(code)`` becomes the process exit code."""
+    from typer._click.exceptions import ClickException  # typer vendors click
+
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -78,16 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
-    except SystemExit as exc:  # pragma: no cover - click may raise it
-        return int(exc.code or 0)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except ClickException as exc:  # usage errors: unknown option, bad value, missing argument
+        exc.show()
+        return exc.exit_code
+    # With standalone_mode=False, click returns the code of typer.Exit(code) raised in a command.
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
