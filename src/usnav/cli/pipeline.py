@@ -82,6 +82,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the simulated case."),
         frames: int = typer.Option(160, help="Frames in the simulated sweep."),
         method: str = typer.Option("default", help="Pose estimation method for the pipeline."),
+        reference: bool = typer.Option(True, help="Also run the pipeline with the simulator's true (tracked) poses, "
+                                                  "to separate reconstruction from registration errors."),
     ) -> None:
         """Simulate a brain case with a freehand sweep through the craniotomy and run the pipeline on it."""
         from usnav.pipeline import run
@@ -94,6 +96,14 @@ def register(app: typer.Typer) -> None:
             result = run(inputs["sweep"], [inputs["cet1"], inputs["t2"]], inputs["init_pose"], out / "results",
                          method=method, spacing_mm=0.5, landmarks_mri=inputs["landmarks_mri"],
                          true_T_mri_from_image=case.T_world_from_image, progress=stages)
+            tracked = None
+            if reference and method != "tracked":
+                tracked = run(inputs["sweep"], [inputs["cet1"], inputs["t2"]], inputs["init_pose"],
+                              out / "results_tracked_poses", method="tracked", spacing_mm=0.5,
+                              landmarks_mri=inputs["landmarks_mri"], true_T_mri_from_image=case.T_world_from_image,
+                              progress=lambda stage, done, total: stages(f"{stage} (ref)", done, total))
         typer.echo(f"simulated case: brain shift {case.shift_stats['mean_mm']:.1f} mm mean "
                    f"({case.shift_stats['max_mm']:.1f} mm max); inputs in {out / 'inputs'}")
-        _print_summary(result, "usnav demo")
+        _print_summary(result, f"usnav demo: trackerless poses ({method})")
+        if tracked is not None:
+            _print_summary(tracked, "reference: the same pipeline with the true (tracked) poses")
