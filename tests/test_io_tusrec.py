@@ -215,3 +215,11 @@ def test_prediction_round_trip_and_validation(tmp_path, rng):
     tusrec.write_prediction(path, bad, L)
     with pytest.raises(InputError, match="NaN or Inf in transform 4"):
         tusrec.read_prediction(path)
+
+
+def test_hidden_temporary_files_are_not_scans(tmp_path):
+    make_tusrec_dataset(tmp_path, subjects=("000",), scans=("LH_rotation",))
+    (tmp_path / "frames_transfs" / "000" / ".LH_rotation.abc123.tmp.h5").write_bytes(b"partial")
+    (tmp_path / "frames_transfs" / ".000.tmpdir").mkdir()
+    ds = tusrec.open_dataset(tmp_path)
+    assert ds.scans == [tusrec.ScanRef("000", "LH_rotation")]

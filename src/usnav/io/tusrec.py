@@ -470,10 +470,13 @@ class TusrecDataset:
 
 
 def _scan_files(folder: Path) -> list[ScanRef]:
+    """Every ``<subject>/<scan>.h5`` below ``folder``; hidden names (temporary files
+    of writes in progress, ``.<name>.tmp.h5``) are not scans."""
     refs = []
-    for subject_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for subject_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for h5 in sorted(subject_dir.glob("*.h5")):
-            refs.append(ScanRef(subject_dir.name, h5.stem))
+            if not h5.name.startswith("."):
+                refs.append(ScanRef(subject_dir.name, h5.stem))
     return refs
 
 
