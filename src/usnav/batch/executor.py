@@ -65,7 +65,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from usnav.batch.manifest import LOCK_NAME, MANIFEST_NAME, CaseRecord, Manifest, read_manifest, sha256_file, verify_record
+from usnav.batch.manifest import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    CaseRecord,
+    Manifest,
+    fsync_path,
+    read_manifest,
+    sha256_file,
+    verify_record,
+)
 from usnav.errors import InputError, input_error
 
 __all__ = [
@@ -263,15 +272,6 @@ def _safe_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:80] or "case"
 
 
-def _fsync_path(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _run_case(task: Task, key: str, payload: Any, out_dir: str, limit_threads: float | None) -> dict:
     """Run one attempt of one case (in a worker); never raises.
 
@@ -294,7 +294,7 @@ def _run_case(task: Task, key: str, payload: Any, out_dir: str, limit_threads: f
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         outputs: dict[str, dict] = {}
         for p in files:
-            _fsync_path(p)
+            fsync_path(p)
             outputs[p.relative_to(staging).as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         parents = set()
         for p in files:
@@ -305,7 +305,7 @@ def _run_case(task: Task, key: str, payload: Any, out_dir: str, limit_threads: f
             os.replace(p, dest)
             parents.add(dest.parent)
         for d in parents:
-            _fsync_path(d)
+            fsync_path(d)
         return {"ok": True, "outputs": outputs, "result": result, "seconds": time.perf_counter() - t0, "worker": worker}
     except Exception as exc:  # reported to the driver, which retries or records the failure
         return {

@@ -175,7 +175,8 @@ def verify_record(folder: str | Path, record: CaseRecord) -> str | None:
     return None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory by path (best effort: errors are ignored)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -270,7 +271,7 @@ def _compact(path: Path, records: dict[str, CaseRecord]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def _line(record: CaseRecord) -> bytes:
