@@ -133,6 +133,7 @@ def simulate_demo_case(
     progress: called as ``progress(stage, done, total)``.
     """
     from usnav.sim.brain_shift import BrainShiftParams, make_brain_shift, upsample_shift
+    from usnav.metrics.tusrec import landmark_points_mm
     from usnav.sim.bmode import BModeParams, render_frame
     from usnav.sim.motion import trajectory
     from usnav.sim.probe import Probe
@@ -183,9 +184,7 @@ def simulate_demo_case(
         tick("rendering frames", i + 1, n_frames)
 
     lm = choose_landmarks(shifted, T_world_from_image, probe, np.random.default_rng([seed, 7]), k=n_landmarks)
-    sx, sy = probe.spacing_mm
-    pts_img = np.stack([lm[:, 1] * sx, lm[:, 2] * sy, np.zeros(len(lm))], axis=1)
-    us_world = np.stack([g.apply(T_world_from_image[f], p) for f, p in zip(lm[:, 0], pts_img, strict=True)])
+    us_world = g.apply(T_world_from_image[lm[:, 0]], landmark_points_mm(lm, probe.T_mm_from_pixel))
     # Pre-shift position: x + shift(x), shift sampled trilinearly on the MRI grid.
     from scipy.ndimage import map_coordinates
 

@@ -70,11 +70,11 @@ def _tre(mapped: NDArray[np.float64], truth: NDArray[np.float64], initial: NDArr
 
 
 def _landmark_points_img0(sweep: st.Sweep, G: NDArray[np.float64]) -> NDArray[np.float64]:
+    from usnav.metrics.tusrec import landmark_points_mm
+
     lm = sweep.landmarks
     Gall = np.concatenate([np.eye(4)[None], G])
-    pix = np.stack([lm[:, 1], lm[:, 2], np.zeros(len(lm)), np.ones(len(lm))], axis=1).astype(np.float64)
-    mm = pix @ sweep.T_mm_from_pixel.T
-    return np.einsum("kij,kj->ki", Gall[lm[:, 0]], mm)[:, :3]
+    return g.apply(Gall[lm[:, 0]], landmark_points_mm(lm, sweep.T_mm_from_pixel))
 
 
 def run(

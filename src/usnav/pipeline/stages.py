@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from usnav import geometry as g
 from usnav.errors import input_error
+from usnav.geometry.tracking import global_from_tracking, local_from_tracking
 
 __all__ = [
     "MriImage",
@@ -134,8 +135,8 @@ def load_sweep(path: str | Path, calib: str | Path | None = None, plus_config: s
             U, _, Vt = np.linalg.svd(R)  # re-orthonormalise (tracker noise, probe scaling residue)
             T_tracker_from_mm[:, :3, :3] = U @ Vt
             if np.isfinite(T_tracker_from_mm).all():
-                tracked_g = g.invert(T_tracker_from_mm[0]) @ T_tracker_from_mm[1:]
-                tracked_l = g.invert(T_tracker_from_mm[:-1]) @ T_tracker_from_mm[1:]
+                tracked_g = global_from_tracking(T_tracker_from_mm, np.eye(4))
+                tracked_l = local_from_tracking(T_tracker_from_mm, np.eye(4))
         frames = np.ascontiguousarray(seq.frames)
         return Sweep(path.stem, frames, S, _fan_mask_from_frames(frames), tracked_g, tracked_l, None)
     raise input_error(path, "unknown sweep format: expected a TUS-REC scan (.h5) or a PLUS sequence (.igs.mha)")
