@@ -207,3 +207,40 @@ def test_join_a_cluster_started_with_ray_start(tmp_path):
         current = Path("/tmp/ray/ray_current_cluster")
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
+
+
+def test_evaluate_submission_on_ray_matches_in_process(local_ray, tmp_path):
+    """`usnav tusrec evaluate-submission --ray`: the scans run on the cluster and score as in one process."""
+    import json
+    import textwrap
+
+    from conftest import make_tusrec_dataset
+
+    from usnav.harness.tusrec import run_evaluation
+
+    data = tmp_path / "data"
+    make_tusrec_dataset(data, layout="eval", subjects=("007",), scans=("LH_rotation", "RH_rotation"), n_frames=5,
+                        frame_shape=(12, 16), n_landmarks=3, seed=4)
+    sub = tmp_path / "identity"
+    sub.mkdir()
+    (sub / "predict_ddfs.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+        def predict_ddfs(frames, landmark, data_path_calib, device):
+            n, h, w = frames.shape
+            z = np.zeros((n - 1, 3, h * w), np.float32)
+            k = np.zeros((3, len(landmark)), np.float32)
+            return z, k, z.copy(), k.copy()
+    '''))
+    local = run_evaluation(sub, data, tmp_path / "local", time_limit_s=120, memory_limit_gb=2,
+                           batch=BatchOptions(progress=False))
+    on_ray = run_evaluation(sub, data, tmp_path / "ray", time_limit_s=120, memory_limit_gb=2,
+                            batch=BatchOptions(**RAY))
+    assert on_ray.report.backend.startswith("Ray") and len(on_ray.report.done) == 2
+
+    def strip(summary):
+        return [{k: v for k, v in s.items() if k != "time_s"} for s in summary["scans"]]
+
+    assert strip(on_ray.summary) == strip(local.summary)
+    assert [s["status"] for s in on_ray.summary["scans"]] == ["ok", "ok"]
+    assert json.loads((tmp_path / "ray" / "results.json").read_text())["summary"]["status_counts"]["ok"] == 2

@@ -350,3 +350,45 @@ def test_freehand_submission_folders_pass_through_unchanged(tmp_path):
             assert scan["score"] == pytest.approx(0.0, abs=1e-6)
         else:
             assert np.isfinite(scan["score"]) and scan["time_s"] > 0
+
+
+def _scores(out: Path) -> list[tuple]:
+    """Per-scan (key, status, errors, identity errors) of a results folder; seconds left out."""
+    keys = ("key", "status", "GPE", "GLE", "LPE", "LLE", "GPE_identity", "GLE_identity", "LPE_identity", "LLE_identity")
+    return [tuple(s[k] for k in keys) for s in _results({"out": out})["scans"]]
+
+
+def test_batch_layer_workers_resume_and_repair(tmp_path, capsys):
+    """One batch case per scan: a 2-worker pool equals one process; a rerun skips finished scans,
+    a truncated per-scan result is redone, a changed submission is evaluated again."""
+    data = tmp_path / "data"
+    scans = ("LH_rotation", "RH_rotation", "LH_scan3")
+    make_tusrec_dataset(data, layout="eval", subjects=("004",), scans=scans, n_frames=6, frame_shape=(16, 20),
+                        n_landmarks=4, seed=21)
+    sub = _write_submission(tmp_path / "submissions", "identity", data)
+    one, two = tmp_path / "one", tmp_path / "two"
+    base = ["tusrec", "evaluate-submission", str(sub), str(data), "--time-limit", "120", "--memory-limit-gb", "2"]
+    assert main([*base, "--out", str(one)]) == 0
+    assert main([*base, "--out", str(two), "--workers", "2"]) == 0
+    assert "3 cases: 3 done, 0 skipped" in capsys.readouterr().err
+    assert _scores(one) == _scores(two)
+    assert [s[1] for s in _scores(two)] == ["ok"] * 3
+    assert sorted(p.relative_to(two).as_posix() for p in (two / "scans").rglob("*.json")) == [
+        f"scans/004/{s}.json" for s in sorted(scans)]
+
+    assert main([*base, "--out", str(two), "--workers", "2"]) == 0
+    assert "3 cases: 0 done, 3 skipped" in capsys.readouterr().err
+
+    part = two / "scans" / "004" / "RH_rotation.json"
+    part.write_bytes(part.read_bytes()[:20])  # truncated
+    before = _scores(two)
+    assert main([*base, "--out", str(two)]) == 0
+    err = capsys.readouterr().err
+    assert "3 cases: 1 done, 2 skipped" in err
+    assert _scores(two) == before
+    assert json.loads(part.read_text())["status"] == "ok"
+    assert "sub004__RH_rotation: ok" in (two / "submission.log").read_text()
+
+    (sub / "predict_ddfs.py").write_text((sub / "predict_ddfs.py").read_text() + "\n# version 2\n")
+    assert main([*base, "--out", str(two)]) == 0
+    assert "3 cases: 3 done, 0 skipped" in capsys.readouterr().err

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from usnav.batch.options import ray_option, retries_option, workers_option
+
 
 def evaluate_submission_cmd(
     submission: Path = typer.Argument(..., help="Submission folder with predict_ddfs.py (official 2025 docker layout)."),
@@ -19,26 +21,30 @@ def evaluate_submission_cmd(
     team: Optional[str] = typer.Option(None, "--team", help="Team name stored in results.json (default: the results folder name)."),
     work_dir: Optional[Path] = typer.Option(
         None, "--work-dir", help="Where the submission's arrays are staged (default: the system temp folder; needs ~2 x 5.9 GB per real scan)."),
+    redo: bool = typer.Option(False, "--redo", help="Evaluate every scan again, even those finished in an earlier run."),
+    workers: Optional[int] = workers_option(),  # batch layer (usnav.batch)
+    ray: Optional[str] = ray_option(),  # batch layer
+    retries: int = retries_option(),  # batch layer
 ) -> None:
-    """Run a submission's predict_ddfs on every scan in a separate process, time and score it."""
+    """Run a submission's predict_ddfs on every scan in a separate process, time and score it.
+
+    One batch case per scan: `--workers N` runs N scans at once (each worker keeps its own submission
+    process; the per-scan time then shares the machine), `--ray` runs them on a Ray cluster. Rerunning
+    the same command skips scans already evaluated with the same submission files and limits."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from usnav.harness.tusrec import evaluate_submission
+    from usnav.batch.options import batch_options, finish
+    from usnav.harness.tusrec import run_evaluation
 
     console = Console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, console=console) as progress:
-        task = progress.add_task("evaluating", total=None)
-
-        def advance(result) -> None:
-            progress.advance(task)
-            if result.status != "ok":
-                progress.console.print(f"[yellow]{result.key}: {result.status}: {result.message}[/yellow]")
-
-        summary = evaluate_submission(submission, data, out, device=device, time_limit_s=time_limit,
-                                      memory_limit_gb=memory_limit_gb, team=team, on_scan=advance, work_dir=work_dir)
+    opts = batch_options(workers, ray, retries, description="evaluating", redo=redo)
+    evaluation = run_evaluation(submission, data, out, device=device, time_limit_s=time_limit,
+                                memory_limit_gb=memory_limit_gb, team=team, work_dir=work_dir, batch=opts)
+    summary = evaluation.summary
+    for r in summary["scans"]:
+        if r["status"] != "ok":
+            console.print(f"[yellow]{r['key']}: {r['status']}: {r['message']}[/yellow]")
 
     def fmt(v, digits=3):
         return "-" if v is None else f"{v:.{digits}f}"
@@ -54,6 +60,7 @@ def evaluate_submission_cmd(
                   fmt(s["score_failed_as_identity"]), fmt(s["time_mean_s"], 2), style="bold")
     console.print(table)
     typer.echo(f"wrote {out}")
+    finish(evaluation.report)  # exit code 3 if the harness itself failed on some scan
 
 
 def register(app: typer.Typer) -> None:

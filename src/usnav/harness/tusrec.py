@@ -28,7 +28,14 @@ frames by chunk (:class:`NpyRows`, plain file reads, so the page cache does
 not count as resident memory) and compares each chunk with the true
 displacements ``T p - p`` (float64), accumulating in float64.
 
-Outputs (folder written atomically):
+Every scan is one case of the batch layer (:mod:`usnav.batch`): scans run
+on ``--workers`` local processes or on Ray, each worker keeping one
+sandboxed submission process across its scans, and a rerun of the same
+command skips scans already evaluated with the same submission (sha256 of
+its files), ground truth and limits. Per scan the folder gets
+``scans/<subject>/<scan>.json`` (its :class:`ScanResult`) and
+``logs/<subject>/<scan>.log``; the files below are then written for all
+scans, each to a temporary name and renamed:
 
 - ``metrics.h5``: datasets ``GPE``, ``GLE``, ``LPE``, ``LLE`` (mm) and
   ``time_elapsed`` per scan in ``dataset_keys.h5`` order, as the official
@@ -44,22 +51,25 @@ Outputs (folder written atomically):
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import hashlib
 import json
 import math
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from usnav import __version__
+from usnav.batch.executor import BatchOptions, BatchReport, Case, Resources, run_batch
 from usnav.errors import InputError, input_error
 from usnav.harness.sandbox import CallResult, Sandbox
-from usnav.io.atomic import atomic_dir
+from usnav.io.atomic import atomic_path
 from usnav.io.tusrec import CALIB_FILENAME, ScanRef, TusrecDataset, open_dataset
 from usnav.metrics.tusrec import METRICS, landmark_ddf, mean_landmark_error, mean_pixel_error, normalised_score
 
@@ -69,7 +79,11 @@ __all__ = [
     "OutputError",
     "ScanResult",
     "check_outputs",
+    "Evaluation",
+    "close_sandboxes",
     "evaluate_submission",
+    "run_evaluation",
+    "submission_digest",
     "identity_errors",
     "score_outputs",
     "summarise_results",
@@ -332,6 +346,28 @@ def default_memory_limit_gb() -> float:
     return 0.75 * pages / 1e9
 
 
+def submission_digest(submission: Path) -> str:
+    """sha256 over the relative paths and contents of every file in the submission
+    folder: a finished scan is re-evaluated when the submission changes."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in submission.rglob("*") if q.is_file() and "__pycache__" not in q.parts):
+        h.update(p.relative_to(submission).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class Evaluation:
+    """What :func:`run_evaluation` returns: the JSON summary and the batch report
+    (``report.exit_code`` is 3 when the harness itself failed on some scan)."""
+
+    summary: dict
+    report: BatchReport
+
+
 def evaluate_submission(
     submission: str | Path,
     data: str | Path,
@@ -340,16 +376,41 @@ def evaluate_submission(
     time_limit_s: float = 3600.0,
     memory_limit_gb: float | None = None,
     team: str | None = None,
-    on_scan: Callable[[ScanResult], None] | None = None,
     work_dir: str | Path | None = None,
+    batch: BatchOptions | None = None,
 ) -> dict:
-    """Run a submission on every scan of ``data`` and write ``out`` (see module doc).
+    """Run a submission on every scan of ``data`` and write ``out`` (see module
+    doc); returns the JSON summary (see :func:`run_evaluation`)."""
+    return run_evaluation(submission, data, out, device=device, time_limit_s=time_limit_s,
+                          memory_limit_gb=memory_limit_gb, team=team, work_dir=work_dir, batch=batch).summary
 
-    Returns the JSON summary. Raises InputError only for the organiser's
-    inputs (missing submission entry point, bad data set, bad limits).
+
+def run_evaluation(
+    submission: str | Path,
+    data: str | Path,
+    out: str | Path,
+    device: str = "cpu",
+    time_limit_s: float = 3600.0,
+    memory_limit_gb: float | None = None,
+    team: str | None = None,
+    work_dir: str | Path | None = None,
+    batch: BatchOptions | None = None,
+) -> Evaluation:
+    """Run a submission on every scan of ``data`` through the batch layer and write ``out``.
+
+    One batch case per scan (:mod:`usnav.batch`: ``batch.workers`` local
+    processes or Ray, resumable): a rerun skips scans already evaluated with
+    the same submission (content hash), truth and limits. Each worker keeps
+    one sandboxed submission process across its scans. The folder gets
+    ``scans/<subject>/<scan>.json`` and ``logs/<subject>/<scan>.log`` per scan,
+    then ``metrics.h5``, ``results.json`` and ``submission.log`` for all scans
+    (each written to a temporary name and renamed).
+
+    Raises InputError only for the organiser's inputs (missing submission
+    entry point, bad data set, bad limits, a results folder of another batch).
     """
     submission = Path(submission).resolve()
-    entry = _check_submission(submission)
+    _check_submission(submission)
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
     if device != "cpu":
@@ -367,59 +428,142 @@ def evaluate_submission(
         raise input_error(work_dir, "work folder not found")
     ds = open_dataset(data)
     assert ds.calibration is not None
-    truths = _read_ground_truth(ds)
+    truths = _read_ground_truth(ds)  # before any submission code runs (see _read_ground_truth)
     out = Path(out)
     calib_path = str((ds.root / CALIB_FILENAME).resolve())
     S = ds.calibration.T_mm_from_pixel
+    digest = submission_digest(submission)
+    batch = batch or BatchOptions()
+    batch = dataclasses.replace(batch, resources=Resources.for_device(device, cpus=batch.resources.cpus),
+                                description=batch.description if batch.description != "cases" else "evaluating")
+
+    cases = []
+    for truth in truths:
+        ref = truth.ref
+        settings = {"submission": str(submission), "device": device, "time_limit_s": float(time_limit_s),
+                    "memory_limit_gb": float(memory_limit_gb)}
+        payload = {**settings, "submission_sha256": digest, "work_dir": None if work_dir is None else str(work_dir),
+                   "key": ref.key, "subject": ref.subject, "scan": ref.scan,
+                   "frames_path": str(ds.frames_path(ref).resolve()), "calib_path": calib_path, "S": S,
+                   "truth": truth}
+        h = hashlib.sha256(json.dumps({**settings, "submission_sha256": digest, "key": ref.key,
+                                       "frames_path": payload["frames_path"]}, sort_keys=True).encode())
+        for arr in (S, truth.landmarks, truth.true_global, truth.true_local):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        cases.append(Case(ref.key, payload, fingerprint=h.hexdigest()))
+    try:
+        report = run_batch(_evaluate_scan_case, cases, out, batch)
+    finally:
+        close_sandboxes()  # the in-process backend's submission process
 
     results: list[ScanResult] = []
-    with atomic_dir(out) as tmp_out:
-        log_path = tmp_out / LOG_NAME
+    for truth, outcome in zip(truths, report.outcomes):
+        ref = truth.ref
+        if outcome.status == "failed":  # the harness itself failed on this scan (the submission's failures are results)
+            result = ScanResult(key=ref.key, subject=ref.subject, scan=ref.scan, status="crash",
+                                message=f"the harness failed on this scan: {outcome.error}")
+            _set_identity_errors(result, truth, S)
+        else:
+            result = ScanResult(**outcome.result)
+        results.append(result)
+    summary = summarise_results(
+        results, team=team, submission=str(submission), data=str(Path(data).resolve()), device=device,
+        time_limit_s=time_limit_s, memory_limit_gb=memory_limit_gb,
+    )
+    with atomic_path(out / METRICS_H5) as tmp:
+        write_metrics_h5(tmp, results)
+    with atomic_path(out / RESULTS_JSON) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    with atomic_path(out / LOG_NAME) as tmp, open(tmp, "wb") as log:
+        for truth in truths:
+            part = out / _scan_log_name(truth.ref)
+            if part.is_file():
+                log.write(part.read_bytes())
+    return Evaluation(summary, report)
+
+
+def _scan_log_name(ref: ScanRef) -> str:
+    return f"logs/{ref.subject}/{ref.scan}.log"
+
+
+def _set_identity_errors(result: ScanResult, truth: _Truth, S: np.ndarray) -> None:
+    for k, v in identity_errors(truth.true_global, truth.true_local, S, truth.frame_shape, truth.landmarks).items():
+        setattr(result, k, v)
+
+
+# One sandboxed submission process per worker process and settings, reused across that worker's scans.
+_SANDBOXES: dict[tuple, tuple[Sandbox, Path]] = {}
+_IMPORT_FAILURES: dict[tuple, tuple[str, str]] = {}
+
+
+def close_sandboxes() -> None:
+    """Stop this process's cached submission processes (idempotent)."""
+    while _SANDBOXES:
+        _, (sandbox, log_dir) = _SANDBOXES.popitem()
+        sandbox.close()
+        shutil.rmtree(log_dir, ignore_errors=True)
+    _IMPORT_FAILURES.clear()
+
+
+atexit.register(close_sandboxes)
+
+
+def _sandbox_for(payload: dict) -> tuple[tuple, Sandbox]:
+    key = (payload["submission"], payload["submission_sha256"], payload["device"], payload["time_limit_s"],
+           payload["memory_limit_gb"])
+    if key not in _SANDBOXES:
         # -P: the submission folder (the child's working directory) must not shadow the harness's own imports;
         # the worker adds it to sys.path itself, after importing numpy, h5py, torch and usnav.
-        argv = [sys.executable, "-P", "-m", "usnav.harness._tusrec_worker", str(submission), "--device", device,
-                "--memory-limit-bytes", str(int(memory_limit_gb * 1e9))]
+        argv = [sys.executable, "-P", "-m", "usnav.harness._tusrec_worker", payload["submission"],
+                "--device", payload["device"], "--memory-limit-bytes", str(int(payload["memory_limit_gb"] * 1e9))]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        sandbox = Sandbox(argv, log_path, cwd=submission, env=env,
-                          startup_timeout_s=max(time_limit_s, STARTUP_LIMIT_S))
-        import_failure: str | None = None
-        with tempfile.TemporaryDirectory(prefix="usnav-harness-", dir=work_dir) as work, sandbox:
-            for truth in truths:
-                ref = truth.ref
-                result = ScanResult(key=ref.key, subject=ref.subject, scan=ref.scan, status="ok")
-                if import_failure is None and not sandbox.alive:
-                    started = sandbox.start()
-                    if started.status != "ok":
-                        import_failure = f"the submission could not start: {started.message}"
-                    elif started.reply.get("event") != "ready":
-                        import_failure = f"{entry.name} failed to import: {started.reply.get('message', '')}"
-                        _log(log_path, f"[usnav harness] import traceback:\n{started.reply.get('traceback', '')}")
-                if import_failure is not None:
-                    result.status, result.message = "import-error", import_failure
-                else:
-                    scan_dir = Path(work) / ref.key
-                    scan_dir.mkdir()
-                    try:
-                        _run_scan(sandbox, result, ds, truth, calib_path, scan_dir, time_limit_s, S)
-                    finally:
-                        shutil.rmtree(scan_dir, ignore_errors=True)
-                if result.GPE_identity is None:
-                    ident = identity_errors(truth.true_global, truth.true_local, S, truth.frame_shape,
-                                            truth.landmarks)
-                    for k, v in ident.items():
-                        setattr(result, k, v)
-                _log(log_path, f"[usnav harness] {ref.key}: {result.status}" + (f": {result.message}" if result.message else ""))
-                results.append(result)
-                if on_scan is not None:
-                    on_scan(result)
-        summary = summarise_results(
-            results, team=team, submission=str(submission), data=str(Path(data).resolve()), device=device,
-            time_limit_s=time_limit_s, memory_limit_gb=memory_limit_gb,
-        )
-        write_metrics_h5(tmp_out / METRICS_H5, results)
-        (tmp_out / RESULTS_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return summary
+        log_dir = Path(tempfile.mkdtemp(prefix="usnav-harness-log-"))
+        sandbox = Sandbox(argv, log_dir / LOG_NAME, cwd=Path(payload["submission"]), env=env,
+                          startup_timeout_s=max(payload["time_limit_s"], STARTUP_LIMIT_S))
+        _SANDBOXES[key] = (sandbox, log_dir)
+    return key, _SANDBOXES[key][0]
+
+
+def _evaluate_scan_case(payload: dict, out: Path) -> dict:
+    """Batch task (usnav.batch): run the submission on one scan, score it, write its JSON and log."""
+    truth: _Truth = payload["truth"]
+    ref = truth.ref
+    S = np.asarray(payload["S"], dtype=np.float64)
+    result = ScanResult(key=ref.key, subject=ref.subject, scan=ref.scan, status="ok")
+    key, sandbox = _sandbox_for(payload)
+    log_path = sandbox.log_path
+    log_path.touch()
+    log_start = log_path.stat().st_size
+    extra_log = ""
+    if key not in _IMPORT_FAILURES and not sandbox.alive:
+        started = sandbox.start()
+        if started.status != "ok":
+            _IMPORT_FAILURES[key] = (f"the submission could not start: {started.message}", "")
+        elif started.reply.get("event") != "ready":
+            _IMPORT_FAILURES[key] = (f"predict_ddfs.py failed to import: {started.reply.get('message', '')}",
+                                     f"[usnav harness] import traceback:\n{started.reply.get('traceback', '')}\n")
+    if key in _IMPORT_FAILURES:
+        result.status, result.message = "import-error", _IMPORT_FAILURES[key][0]
+        extra_log = _IMPORT_FAILURES[key][1]
+    else:
+        with tempfile.TemporaryDirectory(prefix="usnav-harness-", dir=payload["work_dir"]) as scan_dir:
+            _run_scan(sandbox, result, truth, payload["frames_path"], payload["calib_path"], Path(scan_dir),
+                      payload["time_limit_s"], S)
+    if result.GPE_identity is None:
+        _set_identity_errors(result, truth, S)
+    with open(log_path, "rb") as f:
+        f.seek(log_start)
+        printed = f.read()
+    line = f"[usnav harness] {ref.key}: {result.status}" + (f": {result.message}" if result.message else "") + "\n"
+    log_out = out / _scan_log_name(ref)
+    log_out.parent.mkdir(parents=True, exist_ok=True)
+    log_out.write_bytes(printed + extra_log.encode() + line.encode())
+    doc = {k: v for k, v in asdict(result).items() if k != "extra"}
+    json_out = out / "scans" / ref.subject / f"{ref.scan}.json"
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(_finite_json(doc), indent=1) + "\n")
+    return doc
 
 
 def _log(path: Path, line: str) -> None:
@@ -427,12 +571,12 @@ def _log(path: Path, line: str) -> None:
         f.write(line + "\n")
 
 
-def _run_scan(sandbox: Sandbox, result: ScanResult, ds: TusrecDataset, truth: _Truth, calib_path: str,
+def _run_scan(sandbox: Sandbox, result: ScanResult, truth: _Truth, frames_path: str, calib_path: str,
               scan_dir: Path, time_limit_s: float, S: np.ndarray) -> None:
     ref, landmarks = truth.ref, truth.landmarks
     lm_path = scan_dir / "landmark.npy"
     np.save(lm_path, landmarks.astype(np.int64))
-    request = {"frames_path": str(ds.frames_path(ref).resolve()), "landmarks_npy": str(lm_path),
+    request = {"frames_path": frames_path, "landmarks_npy": str(lm_path),
                "calib_path": calib_path, "out_dir": str(scan_dir)}
     call: CallResult = sandbox.call(request, timeout_s=time_limit_s)
     if call.status != "ok":
