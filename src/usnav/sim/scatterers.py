@@ -165,7 +165,7 @@ def column_grid(
     d = spacing_mm
     na = float(n[a])
     tan_tilt = np.sqrt(max(0.0, 1.0 - na * na)) / abs(na)
-    margin = hmax * tan_tilt + d
+    margin = (hmax + d) * tan_tilt + d  # in-plane drift of a column's scatterers across the slab
     reg = np.asarray(region_xy, dtype=np.float64)
     corners = []
     for zz in (-hmax - d, hmax + d):
@@ -184,6 +184,7 @@ def slab_columns(
     half_thickness_mm,
     max_half_thickness_mm: float,
     keep_column=None,
+    column_bound: tuple[float, float, float] | None = None,
 ) -> SlabColumns | None:
     """The lattice columns holding every scatterer of ``field`` within the slab ``|z| <= half_thickness`` around the image plane.
 
@@ -196,6 +197,10 @@ def slab_columns(
     max_half_thickness_mm: upper bound of ``half_thickness_mm``.
     keep_column: optional callable ``(x, y, margin) -> bool mask`` pruning lattice
         columns whose crossing with the plane is outside the region of interest.
+    column_bound: optional ``(scale, add, cap)``: a column generates exactly the cells
+        whose centre lies within ``min(h * scale + add, cap)`` of the plane, ``h`` its
+        half thickness at the crossing (the compiled renderer's bound, see
+        ``usnav.sim.bmode.column_half_extent``); default: ``h + spacing`` (rounded to cells).
 
     The lattice is walked along the world axis closest to the plane normal:
     each lattice column crosses the plane once, and only the cells of the
@@ -225,10 +230,16 @@ def slab_columns(
     if keep_column is not None:
         keep = keep_column(x0, y0, margin)
         U, V, t0, x0, y0 = U[keep], V[keep], t0[keep], x0[keep], y0[keep]
-    hcol = np.minimum(np.asarray(half_thickness_mm(x0, y0), dtype=np.float64) + d, hmax + d)
-    hr = hcol / abs(na)
-    k_lo = np.floor((t0 - hr) / d + 0.5).astype(np.int64)
-    k_hi = np.floor((t0 + hr) / d + 0.5).astype(np.int64)
+    if column_bound is None:
+        hcol = np.minimum(np.asarray(half_thickness_mm(x0, y0), dtype=np.float64) + d, hmax + d)
+        hr = hcol / abs(na)
+        k_lo = np.floor((t0 - hr) / d + 0.5).astype(np.int64)
+        k_hi = np.floor((t0 + hr) / d + 0.5).astype(np.int64)
+    else:
+        scale, add, cap = column_bound
+        hz = np.minimum(np.asarray(half_thickness_mm(x0, y0), dtype=np.float64) * scale + add, cap)
+        k_lo = np.ceil(t0 / d - hz / (abs(na) * d)).astype(np.int64)
+        k_hi = np.floor(t0 / d + hz / (abs(na) * d)).astype(np.int64)
     counts = np.maximum(k_hi - k_lo + 1, 0)
     keep = counts > 0
     U, V, k_lo, counts = U[keep], V[keep], k_lo[keep], counts[keep]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from usnav.sim.bmode import BModeParams, render_frame
+from usnav.sim.bmode import BModeParams, render_frames
 from usnav.sim.motion import PROTOCOLS_2024, trajectory
 from usnav.sim.probe import Probe
 from usnav.sim.scene import Scene
@@ -231,13 +231,16 @@ def simulate_scan(
 def render_scan(
     config: SimConfig, scene: Scene, T_world_from_image: NDArray[np.float64], chunk: int = 16
 ) -> Iterator[tuple[int, NDArray[np.uint8]]]:
-    """Yield (start index, frames (n, H, W) uint8) chunks of a scan."""
+    """Yield (start index, frames (n, H, W) uint8) chunks of a scan.
+
+    The frames of a chunk are rendered concurrently, one per numba thread
+    (:func:`usnav.sim.bmode.render_frames`); the bytes do not depend on the thread count.
+    """
     probe = config.probe()
     n = len(T_world_from_image)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        frames = np.stack([render_frame(scene, T_world_from_image[i], probe, config.bmode) for i in range(start, stop)])
-        yield start, frames
+        yield start, render_frames(scene, T_world_from_image[start:stop], probe, config.bmode)
 
 
 def write_one_scan(config: SimConfig, root: Path, subject: int, scan: str, progress: Callable[[int], None] | None = None):
