@@ -137,22 +137,57 @@ def _bin_batch(n, hk, px, py, pz, a, cst, jit_mat, amp_lut, echo, echo_dims, exp
     j00, j01, j02 = jit_mat[0, 0], jit_mat[0, 1], jit_mat[0, 2]
     j10, j11, j12 = jit_mat[1, 0], jit_mat[1, 1], jit_mat[1, 2]
     j20, j21, j22 = jit_mat[2, 0], jit_mat[2, 1], jit_mat[2, 2]
-    # polynomial coefficients as scalars (fixed lengths: the loop stays branch-free)
-    e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 = (exp_c[0], exp_c[1], exp_c[2], exp_c[3], exp_c[4], exp_c[5], exp_c[6],
-                                              exp_c[7], exp_c[8], exp_c[9])
-    q0, q1, q2, q3, q4, q5, q6, q7, q8, q9, q10, q11 = (atan_c[0], atan_c[1], atan_c[2], atan_c[3], atan_c[4],
-                                                       atan_c[5], atan_c[6], atan_c[7], atan_c[8], atan_c[9],
-                                                       atan_c[10], atan_c[11])
+    # float32 constants (pass A2 is float32 only: 8 lanes per vector)
+    f32 = np.float32
+    e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 = (f32(exp_c[0]), f32(exp_c[1]), f32(exp_c[2]), f32(exp_c[3]),
+                                              f32(exp_c[4]), f32(exp_c[5]), f32(exp_c[6]), f32(exp_c[7]),
+                                              f32(exp_c[8]), f32(exp_c[9]))
+    q0, q1, q2, q3, q4, q5, q6, q7, q8, q9, q10, q11 = (f32(atan_c[0]), f32(atan_c[1]), f32(atan_c[2]),
+                                                       f32(atan_c[3]), f32(atan_c[4]), f32(atan_c[5]),
+                                                       f32(atan_c[6]), f32(atan_c[7]), f32(atan_c[8]),
+                                                       f32(atan_c[9]), f32(atan_c[10]), f32(atan_c[11]))
+    S0, S1, S2, S3, S4, S5, S6, S7 = (f32(SIN_C[0]), f32(SIN_C[1]), f32(SIN_C[2]), f32(SIN_C[3]), f32(SIN_C[4]),
+                                      f32(SIN_C[5]), f32(SIN_C[6]), f32(SIN_C[7]))
+    C0, C1, C2, C3, C4, C5, C6, C7 = (f32(COS_C[0]), f32(COS_C[1]), f32(COS_C[2]), f32(COS_C[3]), f32(COS_C[4]),
+                                      f32(COS_C[5]), f32(COS_C[6]), f32(COS_C[7]))
+    zero = f32(0.0)
+    half = f32(0.5)
+    one = f32(1.0)
+    tiny = f32(1e-6)
+    fns_ = f32(fns)
+    fnl_ = f32(fnl)
+    fns_c = f32(fns - 1e-3)
+    fnl_c = f32(fnl - 1e-3)
+    fnrc1_ = f32(fnrc1)
+    fnlc1_ = f32(fnlc1)
+    fP_ = f32(fP - 0.5)
+    t_max_ = f32(t_max)
+    inv_dth_ = f32(inv_dth)
+    th_off_ = f32(th_off)
+    dr_ = f32(dr)
+    focus_ = f32(focus)
+    inv_zr_ = f32(inv_zr)
+    s0sq_ = f32(s0sq)
+    u_lim_ = f32(u_lim)
+    off0_ = f32(off0)
+    inv_step_ = f32(inv_step)
+    inv_fdr_ = f32(inv_fdr)
+    inv_fl_ = f32(inv_fl)
     o_ti = scr[0]
     o_tj = scr[1]
     o_w = scr[2]
     o_c = scr[3]
     o_s = scr[4]
-    o_idx = iscr[1]
-    o_key = iscr[2]
+    a_fi = scr[5]
+    a_dx = scr[6]
+    a_dy = scr[7]
+    a_z = scr[8]
+    a_x = scr[9]
+    o_idx = iscr[0]
+    o_key = iscr[1]
     ph_turns = ph_scale / 65536.0
-    S0, S1, S2, S3, S4, S5, S6, S7 = SIN_C[0], SIN_C[1], SIN_C[2], SIN_C[3], SIN_C[4], SIN_C[5], SIN_C[6], SIN_C[7]
-    C0, C1, C2, C3, C4, C5, C6, C7 = COS_C[0], COS_C[1], COS_C[2], COS_C[3], COS_C[4], COS_C[5], COS_C[6], COS_C[7]
+    two_pi = 2.0 * math.pi
+    # pass A1 (float64, positions and the echo phase need the precision)
     for s in range(n):
         h = _fmix(hk[s])
         jx = float(h & 255)
@@ -162,43 +197,52 @@ def _bin_batch(n, hk, px, py, pz, a, cst, jit_mat, amp_lut, echo, echo_dims, exp
         dx = px[s] + jx * j00 + jy * j01 + jz * j02
         dy = py[s] + jx * j10 + jy * j11 + jz * j12
         rho = math.sqrt(dx * dx + dy * dy)
-        fi = (rho - R0) * inv_dr
-        fic = min(max(fi, 0.0), fns - 1e-4)  # clamped: table and grid indices stay in range
-        dys = max(dy, 1e-6)
-        tq = dx / dys
-        tqc = min(max(tq, -t_max), t_max)
+        turns = rho * ph_turns
+        a_fi[s] = (rho - R0) * inv_dr
+        a_dx[s] = dx
+        a_dy[s] = dy
+        a_z[s] = z
+        a_x[s] = (turns - float(int(turns + 0.5))) * two_pi  # echo phase 2 k0 rho reduced to [-pi, pi]
+        o_key[s] = h >> 24
+    # pass A2 (float32, branch-free): beam-grid position, fractions, weights, table indices
+    for s in range(n):
+        fi = a_fi[s]
+        dx = a_dx[s]
+        dy = a_dy[s]
+        z = a_z[s]
+        fic = min(max(fi, zero), fns_c)  # clamped: table and grid indices stay in range
+        tq = dx / max(dy, tiny)
+        tqc = min(max(tq, -t_max_), t_max_)
         ss = tqc * tqc
         pt = ((((q11 * ss + q10) * ss + q9) * ss + q8) * ss + q7) * ss + q6
         pt = (((((pt * ss + q5) * ss + q4) * ss + q3) * ss + q2) * ss + q1) * ss + q0
-        fj = tqc * pt * inv_dth + th_off
-        fjc = min(max(fj, 0.0), fnl - 1e-4)
+        fj = tqc * pt * inv_dth_ + th_off_
+        fjc = min(max(fj, zero), fnl_c)
         # elevational weight exp(-z^2 / (2 sigma^2)), sigma at the centre of the scatterer's depth sample
-        gi = fic + 0.5
-        i0 = int(gi)  # padded row of the splat corner == depth sample index + 1 when fi - i0 < 0.5
-        qd = ((float(int(fic)) + 0.5) * dr - focus) * inv_zr
-        ue = z * z / (s0sq * (1.0 + qd * qd))
-        uc = min(ue, u_lim)
+        qd = ((f32(np.int32(fic)) + half) * dr_ - focus_) * inv_zr_
+        ue = z * z / (s0sq_ * (one + qd * qd))
+        uc = min(ue, u_lim_)
         pe = ((((e9 * uc + e8) * uc + e7) * uc + e6) * uc + e5) * uc + e4
         pe = (((pe * uc + e3) * uc + e2) * uc + e1) * uc + e0
-        ok = (fi >= 0.0) & (fi < fns) & (dy > 0.0) & (abs(tq) <= t_max) & (fj >= 0.0) & (fj < fnl) & (ue <= u_lim)
-        pf = min(max((z - off0) * inv_step + 0.5, 0.0), fP - 0.5)  # nearest elevation plane, clamped
-        icf = min(fic * inv_fdr, fnrc1)  # coarse tissue-map sample (== i // fdr, no integer division)
-        jcf = min(fjc * inv_fl, fnlc1)
-        gj = fjc + 0.5
-        j0 = int(gj)
-        o_ti[s] = gi - i0
-        o_tj[s] = gj - j0
-        o_w[s] = pe if ok else 0.0
-        # echo phase 2 k0 rho reduced to [-pi, pi]; (cos, -sin) by polynomials
-        turns = rho * ph_turns
-        x = (turns - float(int(turns + 0.5))) * (2.0 * math.pi)
+        ok = (fi >= zero) & (fi < fns_) & (dy > zero) & (abs(tq) <= t_max_) & (fj >= zero) & (fj < fnl_) & (ue <= u_lim_)
+        pf = min(max((z - off0_) * inv_step_ + half, zero), fP_)  # nearest elevation plane, clamped
+        icf = min(fic * inv_fdr_, fnrc1_)  # coarse tissue-map sample (== i // fdr, no integer division)
+        jcf = min(fjc * inv_fl_, fnlc1_)
+        # padded grid: sample (i, j) at (i + 1, j + 1); splat corner (floor(fi - 0.5) + 1, ...)
+        gi = fic + half
+        gj = fjc + half
+        i0 = np.int32(gi)
+        j0 = np.int32(gj)
+        o_ti[s] = gi - f32(i0)
+        o_tj[s] = gj - f32(j0)
+        o_w[s] = pe if ok else zero
+        x = a_x[s]
         y = x * x
         sn = x * (((((((S7 * y + S6) * y + S5) * y + S4) * y + S3) * y + S2) * y + S1) * y + S0)
-        cs = ((((((C7 * y + C6) * y + C5) * y + C4) * y + C3) * y + C2) * y + C1) * y + C0
-        o_c[s] = cs
+        o_c[s] = ((((((C7 * y + C6) * y + C5) * y + C4) * y + C3) * y + C2) * y + C1) * y + C0
         o_s[s] = -sn
-        o_idx[s] = 2 * (i0 * nlp + j0)
-        o_key[s] = (((int(pf) * nrc + int(icf)) * nlc + int(jcf)) << 8) | (h >> 24)
+        o_idx[s] = np.int32(2) * (i0 * np.int32(nlp) + j0)
+        o_key[s] = (((np.int32(pf) * np.int32(nrc) + np.int32(icf)) * np.int32(nlc) + np.int32(jcf)) << np.int32(8)) | o_key[s]
     # table look-ups, then linear splatting onto the 2 x 2 nearest beam samples (sample centres at index + 0.5)
     # (unsigned indices: no negative-index handling)
     urow = np.uint64(row)
@@ -258,8 +302,8 @@ def _slab_block(
          plane_geom[0], plane_geom[1], 1.0 / fdr, 1.0 / fl, 1.0 / inv_dr, 2.0 * (c0 / geom[7]) ** 2, c1, 1.0 / c2,
          0.5 * geom[7] ** 2]
     )
-    scr = np.empty((5, BATCH), dtype=np.float32)
-    iscr = np.empty((3, BATCH), dtype=np.int64)
+    scr = np.empty((10, BATCH), dtype=np.float32)
+    iscr = np.empty((2, BATCH), dtype=np.int32)
     hk = np.empty(BATCH, dtype=np.int64)
     px = np.empty(BATCH, dtype=np.float64)
     py = np.empty(BATCH, dtype=np.float64)

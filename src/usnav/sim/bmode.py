@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,16 @@ from usnav.sim.probe import Probe
 from usnav.sim.scatterers import iter_slab_scatterers
 from usnav.sim.scene import Scene
 
-__all__ = ["BModeParams", "PolarFrame", "render_frame", "render_polar", "log_compress", "frame_from_polar"]
+__all__ = [
+    "BModeParams",
+    "PolarFrame",
+    "render_frame",
+    "render_frames",
+    "iter_frames",
+    "render_polar",
+    "log_compress",
+    "frame_from_polar",
+]
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _DB_PER_NEPER = 20.0 / math.log(10.0)
@@ -505,6 +515,46 @@ def render_frame(
     return frame_from_polar(render_polar(scene, T_world_from_image, probe, params, parallel=parallel), probe, params)
 
 
+def iter_frames(
+    scene: Scene,
+    T_world_from_image: NDArray[np.float64],
+    probe: Probe,
+    params: BModeParams = BModeParams(),
+    threads: int | None = None,
+) -> Iterator[NDArray[np.uint8]]:
+    """Frames (H, W) uint8 at poses (N, 4, 4), in order, rendered concurrently on ``threads`` threads.
+
+    One frame per thread (the compiled stages release the GIL), a few frames
+    ahead of the consumer; each frame is computed exactly as by
+    :func:`render_frame`, so the bytes do not depend on ``threads``
+    (default: numba's thread count).
+    """
+    import numba
+
+    poses = np.asarray(T_world_from_image, dtype=np.float64)
+    n = poses.shape[0]
+    threads = numba.get_num_threads() if threads is None else max(1, int(threads))
+    if threads <= 1 or n <= 1:
+        for i in range(n):
+            yield render_frame(scene, poses[i], probe, params, parallel=threads > 1)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    probe.scan_conversion  # build the shared caches before the threads start
+    _psf_kernels(probe)
+    _polys(probe)
+    ahead = 2 * threads
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        pending: deque = deque()
+        nxt = 0
+        while nxt < n or pending:
+            while nxt < n and len(pending) < ahead:
+                pending.append(ex.submit(render_frame, scene, poses[nxt], probe, params, parallel=False))
+                nxt += 1
+            yield pending.popleft().result()
+
+
 def render_frames(
     scene: Scene,
     T_world_from_image: NDArray[np.float64],
@@ -512,30 +562,9 @@ def render_frames(
     params: BModeParams = BModeParams(),
     threads: int | None = None,
 ) -> NDArray[np.uint8]:
-    """Frames (N, H, W) uint8 at poses (N, 4, 4), rendered concurrently on ``threads`` threads.
-
-    One frame per thread (the compiled stages release the GIL); each frame is
-    computed exactly as by :func:`render_frame`, so the bytes do not depend on
-    ``threads`` (default: numba's thread count).
-    """
-    import numba
-
+    """Frames (N, H, W) uint8 at poses (N, 4, 4), rendered concurrently (see :func:`iter_frames`)."""
     poses = np.asarray(T_world_from_image, dtype=np.float64)
-    n = poses.shape[0]
-    threads = numba.get_num_threads() if threads is None else max(1, int(threads))
-    out = np.empty((n,) + tuple(probe.frame_hw), dtype=np.uint8)
-    if threads <= 1 or n <= 1:
-        for i in range(n):
-            out[i] = render_frame(scene, poses[i], probe, params, parallel=threads > 1)
-        return out
-    from concurrent.futures import ThreadPoolExecutor
-
-    probe.scan_conversion  # build the shared caches before the threads start
-    _psf_kernels(probe)
-
-    def one(i: int) -> None:
-        out[i] = render_frame(scene, poses[i], probe, params, parallel=False)
-
-    with ThreadPoolExecutor(max_workers=min(threads, n)) as ex:
-        list(ex.map(one, range(n)))
+    out = np.empty((poses.shape[0],) + tuple(probe.frame_hw), dtype=np.uint8)
+    for i, frame in enumerate(iter_frames(scene, poses, probe, params, threads)):
+        out[i] = frame
     return out

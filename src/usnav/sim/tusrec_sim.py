@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from usnav.sim.bmode import BModeParams, render_frames
+from usnav.sim.bmode import BModeParams, iter_frames
 from usnav.sim.motion import PROTOCOLS_2024, trajectory
 from usnav.sim.probe import Probe
 from usnav.sim.scene import Scene
@@ -233,14 +233,23 @@ def render_scan(
 ) -> Iterator[tuple[int, NDArray[np.uint8]]]:
     """Yield (start index, frames (n, H, W) uint8) chunks of a scan.
 
-    The frames of a chunk are rendered concurrently, one per numba thread
-    (:func:`usnav.sim.bmode.render_frames`); the bytes do not depend on the thread count.
+    Frames are rendered concurrently, one per numba thread, a few ahead of the
+    consumer (:func:`usnav.sim.bmode.iter_frames`); the bytes do not depend on
+    the thread count.
     """
     probe = config.probe()
     n = len(T_world_from_image)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        yield start, render_frames(scene, T_world_from_image[start:stop], probe, config.bmode)
+    H, W = probe.frame_hw
+    buf = np.empty((min(chunk, n), H, W), dtype=np.uint8)
+    start = 0
+    k = 0
+    for frame in iter_frames(scene, T_world_from_image, probe, config.bmode):
+        buf[k] = frame
+        k += 1
+        if k == buf.shape[0] or start + k == n:
+            yield start, buf[:k].copy()
+            start += k
+            k = 0
 
 
 def write_one_scan(config: SimConfig, root: Path, subject: int, scan: str, progress: Callable[[int], None] | None = None):
