@@ -1,10 +1,10 @@
 """Compiled (numba) inner loops of the renderer.
 
 :func:`render_slab`: scatterer generation + beam binning, fused.  Same
-scatterer field and arithmetic as :func:`usnav.sim.scatterers.slab_columns`
-/ :func:`~usnav.sim.scatterers.iter_slab_scatterers` followed by
-:func:`usnav.sim.bmode._bin_scatterers` (the numpy reference path), but one
-pass over the lattice without temporaries:
+scatterer field as :func:`usnav.sim.scatterers.slab_columns` /
+:func:`~usnav.sim.scatterers.iter_slab_scatterers` followed by
+:func:`usnav.sim.bmode._bin_scatterers` (the numpy reference path), without
+temporaries:
 
 - for each lattice row ``iu`` only the columns whose plane crossing lies in
   the fan (dilated by the in-plane drift of a column across the slab) are
@@ -12,8 +12,14 @@ pass over the lattice without temporaries:
   fan's convex hull (outer disc and the two edge half-planes) in closed form;
 - each column generates only the cells whose centre can hold a scatterer
   inside the depth-dependent elevational support (a provable bound, see
-  :func:`column_half_extent`);
-- accumulation into a padded beam grid (no bounds tests in the splat).
+  ``usnav.sim.bmode.column_half_extent``);
+- the cells are queued in batches of ``BATCH`` and binned in three loops
+  (:func:`_bin_batch`): a float64 pass (hash, jittered position, radius,
+  echo phase), a float32 pass (angle, elevational weight, splat fractions,
+  table indices) - both branch-free, table-free and vectorised, with
+  polynomials instead of atan/exp/sin/cos - then the table look-ups and the
+  scatter-adds in lattice order into a padded beam grid (no bounds tests);
+  invalid scatterers get weight 0.
 
 The lattice rows are split into a fixed number of blocks (``N_BLOCKS``,
 independent of the thread count) with one accumulator each, summed in a fixed
@@ -22,8 +28,13 @@ whether a frame is rendered with several threads (``parallel=True``) or
 frames are rendered concurrently, one thread each (``parallel=False``; the
 compiled functions release the GIL).
 
-The post-processing kernels (:func:`sample_planes`, :func:`psf_convolve`,
-:func:`envelope`, :func:`log_scan_convert`) are serial and release the GIL.
+Post-processing (serial, release the GIL): :func:`sample_beam_tissue`,
+:func:`psf_convolve`, :func:`envelope`, :func:`log_compress`,
+:func:`scan_convert_u8`.
+
+Note: numba indexes with signed integers through a negative-index fix-up
+that blocks vectorisation; hot loops index views with ``range`` counters or
+unsigned integers.
 """
 
 from __future__ import annotations
@@ -271,7 +282,7 @@ def _bin_batch(n, hk, px, py, pz, a, cst, jit_mat, amp_lut, echo, echo_dims, exp
 @njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
 def _slab_block(
     iu_start, iu_stop, iv_range, axes, primes, seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom,
-    inv2s2, zlim2, echo, echo_dims, plane_geom, ns, nl, a, exp_c, atan_c, t_max,
+    echo, echo_dims, plane_geom, ns, nl, a, exp_c, atan_c, t_max,
 ):
     """Lattice rows ``iu_start .. iu_stop - 1`` into the padded accumulator ``a`` ((ns+2)*(nl+2)*2 float32).
 
@@ -392,7 +403,7 @@ def _unpad_add(out, a, ns, nl):
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def _render_slab_parallel(
-    iu_range, iv_range, axes, primes, seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom, inv2s2, zlim2,
+    iu_range, iv_range, axes, primes, seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom,
     echo, echo_dims, plane_geom, ns, nl, exp_c, atan_c, t_max, nblocks,
 ):
     nu = iu_range[1] - iu_range[0] + 1
@@ -401,7 +412,7 @@ def _render_slab_parallel(
     for b in prange(nblocks):
         counts[b] = _slab_block(
             iu_range[0] + (nu * b) // nblocks, iu_range[0] + (nu * (b + 1)) // nblocks, iv_range, axes, primes,
-            seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom, inv2s2, zlim2, echo, echo_dims,
+            seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom, echo, echo_dims,
             plane_geom, ns, nl, acc[b], exp_c, atan_c, t_max,
         )
     out = np.zeros(ns * nl * 2, dtype=np.float32)
@@ -412,7 +423,7 @@ def _render_slab_parallel(
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _render_slab_serial(
-    iu_range, iv_range, axes, primes, seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom, inv2s2, zlim2,
+    iu_range, iv_range, axes, primes, seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom,
     echo, echo_dims, plane_geom, ns, nl, exp_c, atan_c, t_max, nblocks,
 ):
     nu = iu_range[1] - iu_range[0] + 1
@@ -423,7 +434,7 @@ def _render_slab_serial(
         acc[:] = 0.0
         n += _slab_block(
             iu_range[0] + (nu * b) // nblocks, iu_range[0] + (nu * (b + 1)) // nblocks, iv_range, axes, primes,
-            seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom, inv2s2, zlim2, echo, echo_dims,
+            seed, R, t, d, fan, thick, jit_mat, jit_off, amp_lut, geom, echo, echo_dims,
             plane_geom, ns, nl, acc, exp_c, atan_c, t_max,
         )
         _unpad_add(out, acc, ns, nl)
@@ -454,19 +465,6 @@ def _axis_weights(c, n):
 
 
 @njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
-def _trilinear(vol, ch, c0, c1, c2):
-    n0, n1, n2 = vol.shape[1], vol.shape[2], vol.shape[3]
-    a0, b0, f0 = _axis_weights(c0, n0)
-    a1, b1, f1 = _axis_weights(c1, n1)
-    a2, b2, f2 = _axis_weights(c2, n2)
-    v00 = vol[ch, a0, a1, a2] * (1.0 - f2) + vol[ch, a0, a1, b2] * f2
-    v01 = vol[ch, a0, b1, a2] * (1.0 - f2) + vol[ch, a0, b1, b2] * f2
-    v10 = vol[ch, b0, a1, a2] * (1.0 - f2) + vol[ch, b0, a1, b2] * f2
-    v11 = vol[ch, b0, b1, a2] * (1.0 - f2) + vol[ch, b0, b1, b2] * f2
-    return (v00 * (1.0 - f1) + v01 * f1) * (1.0 - f0) + (v10 * (1.0 - f1) + v11 * f1) * f0
-
-
-@njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
 def sample_beam_tissue(props, M, px, py, offs, mid):
     """Trilinear ("border" padding, as ``Scene.sample``) tissue maps on a coarse beam grid.
 
@@ -476,22 +474,32 @@ def sample_beam_tissue(props, M, px, py, offs, mid):
     """
     P = offs.shape[0]
     nr, nl = px.shape
+    n0, n1, n2 = props.shape[1], props.shape[2], props.shape[3]
     echo = np.empty((P, nr, nl), dtype=np.float32)
     imp = np.empty((nr, nl), dtype=np.float32)
     att = np.empty((nr, nl), dtype=np.float32)
     for p in range(P):
         z = offs[p]
+        nch = 3 if p == mid else 1
         for i in range(nr):
             for j in range(nl):
                 x = px[i, j]
                 y = py[i, j]
-                c0 = M[0, 0] * x + M[0, 1] * y + M[0, 2] * z + M[0, 3]
-                c1 = M[1, 0] * x + M[1, 1] * y + M[1, 2] * z + M[1, 3]
-                c2 = M[2, 0] * x + M[2, 1] * y + M[2, 2] * z + M[2, 3]
-                echo[p, i, j] = _trilinear(props, 0, c0, c1, c2)
-                if p == mid:
-                    imp[i, j] = _trilinear(props, 1, c0, c1, c2)
-                    att[i, j] = _trilinear(props, 2, c0, c1, c2)
+                a0, b0, f0 = _axis_weights(M[0, 0] * x + M[0, 1] * y + M[0, 2] * z + M[0, 3], n0)
+                a1, b1, f1 = _axis_weights(M[1, 0] * x + M[1, 1] * y + M[1, 2] * z + M[1, 3], n1)
+                a2, b2, f2 = _axis_weights(M[2, 0] * x + M[2, 1] * y + M[2, 2] * z + M[2, 3], n2)
+                for ch in range(nch):
+                    v00 = props[ch, a0, a1, a2] * (1.0 - f2) + props[ch, a0, a1, b2] * f2
+                    v01 = props[ch, a0, b1, a2] * (1.0 - f2) + props[ch, a0, b1, b2] * f2
+                    v10 = props[ch, b0, a1, a2] * (1.0 - f2) + props[ch, b0, a1, b2] * f2
+                    v11 = props[ch, b0, b1, a2] * (1.0 - f2) + props[ch, b0, b1, b2] * f2
+                    v = (v00 * (1.0 - f1) + v01 * f1) * (1.0 - f0) + (v10 * (1.0 - f1) + v11 * f1) * f0
+                    if ch == 0:
+                        echo[p, i, j] = v
+                    elif ch == 1:
+                        imp[i, j] = v
+                    else:
+                        att[i, j] = v
     return echo, imp, att
 
 

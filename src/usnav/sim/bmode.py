@@ -268,9 +268,6 @@ def _render_slab_compiled(scene: Scene, T_iw, probe: Probe, offs, echo_c, fdr: i
     hmax = probe.max_half_thickness_mm
     a, u, v, lo, hi, margin = column_grid(T_iw, _fan_polygon(probe), d, hmax)
     cx, cy = probe.apex_mm
-    sig_e = probe.elevation_sigma_mm(probe.depth_samples_mm)
-    inv2s2 = (0.5 / sig_e**2).astype(np.float32)
-    zlim2 = ((probe.elevation_truncation_sigma * sig_e) ** 2).astype(np.float32)
     P, nrc, nlc = echo_c.shape
     step = float(offs[1] - offs[0]) if P > 1 else 1.0
     R = np.ascontiguousarray(T_iw[:3, :3], dtype=np.float64)
@@ -299,8 +296,6 @@ def _render_slab_compiled(scene: Scene, T_iw, probe: Probe, offs, echo_c, fdr: i
         off,
         _AMPLITUDE_LUT,
         geom,
-        inv2s2,
-        zlim2,
         np.ascontiguousarray(echo_c, dtype=np.float32).reshape(-1),
         np.array([P, nrc, nlc, fdr, fl, 0], dtype=np.int64),
         np.array([float(offs[0]), 1.0 / step]),
