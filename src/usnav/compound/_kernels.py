@@ -32,6 +32,18 @@ FIXED_ONE = 1 << FIXED_BITS
 FIXED_HALF = 1 << (FIXED_BITS - 1)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _nn_voxel(bx, by, bz, m00, m10, m20, x, nx, ny, nz):
+    """Flat index of the voxel nearest to pixel column x of a row (bx, by, bz
+    already include the row and the +0.5 of rounding), or -1 outside the grid."""
+    fx = bx + m00 * x
+    fy = by + m10 * x
+    fz = bz + m20 * x
+    if fx < 0.0 or fy < 0.0 or fz < 0.0 or fx >= nx or fy >= ny or fz >= nz:
+        return -1
+    return (int(fz) * ny + int(fy)) * nx + int(fx)
+
+
 @njit(cache=True, nogil=True)
 def splat_nn(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, buf, key, order0, npix):
     """Nearest-neighbour splat of frames (F, H, W) into a flat buffer.
@@ -62,34 +74,27 @@ def splat_nn(frames, M, seg_y, seg_x0, seg_x1, nx, ny, nz, mode, buf, key, order
             x1 = seg_x1[s] + 1
             if mode == 0:
                 for x in range(x0, x1):
-                    fx = bx + m00 * x
-                    fy = by + m10 * x
-                    fz = bz + m20 * x
-                    if fx < 0.0 or fy < 0.0 or fz < 0.0 or fx >= nx or fy >= ny or fz >= nz:
+                    i = _nn_voxel(bx, by, bz, m00, m10, m20, x, nx, ny, nz)
+                    if i < 0:
                         continue
-                    j = 2 * ((int(fz) * ny + int(fy)) * nx + int(fx))
+                    j = 2 * i
                     buf[j] += np.float32(row[x])
                     buf[j + 1] += one
             elif mode == 1:
                 for x in range(x0, x1):
-                    fx = bx + m00 * x
-                    fy = by + m10 * x
-                    fz = bz + m20 * x
-                    if fx < 0.0 or fy < 0.0 or fz < 0.0 or fx >= nx or fy >= ny or fz >= nz:
+                    i = _nn_voxel(bx, by, bz, m00, m10, m20, x, nx, ny, nz)
+                    if i < 0:
                         continue
-                    j = 2 * ((int(fz) * ny + int(fy)) * nx + int(fx))
+                    j = 2 * i
                     v = np.float32(row[x])
                     if buf[j + 1] == 0.0 or v > buf[j]:
                         buf[j] = v
                     buf[j + 1] += one
             else:
                 for x in range(x0, x1):
-                    fx = bx + m00 * x
-                    fy = by + m10 * x
-                    fz = bz + m20 * x
-                    if fx < 0.0 or fy < 0.0 or fz < 0.0 or fx >= nx or fy >= ny or fz >= nz:
+                    i = _nn_voxel(bx, by, bz, m00, m10, m20, x, nx, ny, nz)
+                    if i < 0:
                         continue
-                    i = (int(fz) * ny + int(fy)) * nx + int(fx)
                     k = forder + y * W + x
                     if k > key[i]:
                         key[i] = k

@@ -368,21 +368,10 @@ class Evaluation:
     report: BatchReport
 
 
-def evaluate_submission(
-    submission: str | Path,
-    data: str | Path,
-    out: str | Path,
-    device: str = "cpu",
-    time_limit_s: float = 3600.0,
-    memory_limit_gb: float | None = None,
-    team: str | None = None,
-    work_dir: str | Path | None = None,
-    batch: BatchOptions | None = None,
-) -> dict:
+def evaluate_submission(submission: str | Path, data: str | Path, out: str | Path, **options) -> dict:
     """Run a submission on every scan of ``data`` and write ``out`` (see module
-    doc); returns the JSON summary (see :func:`run_evaluation`)."""
-    return run_evaluation(submission, data, out, device=device, time_limit_s=time_limit_s,
-                          memory_limit_gb=memory_limit_gb, team=team, work_dir=work_dir, batch=batch).summary
+    doc); the options are those of :func:`run_evaluation`. Returns the JSON summary."""
+    return run_evaluation(submission, data, out, **options).summary
 
 
 def run_evaluation(
