@@ -1,9 +1,13 @@
 """Speed and memory of the simulator: one freehand sweep written as a TUS-REC scan.
 
 Default: a 1500-frame 480 x 640 forearm ``rotation`` sweep (target <= 90 s on
-2 cores, peak memory <= 4 GB).  Reports wall and CPU time per stage, frames
-per second, peak resident memory (sampled from /proc and ru_maxrss) and the
-machine load (the machine may be shared: read the numbers with the load).
+2 cores, peak memory <= 4 GB), rendered as ``usnav simulate tusrec`` does:
+frames concurrently, one per thread (``--threads``).  Reports wall and CPU
+time per stage, frames per second, peak resident memory (sampled from /proc
+and ru_maxrss) and the machine load (the machine may be shared: read the
+numbers with the load; ``projected_1500_frames_idle_estimate_s`` is the CPU
+time divided by the thread count, the wall time on an idle machine if the
+threads scale perfectly).
 
 Usage: ``python benchmarks/simulator_speed.py [--frames N] [--threads T] [--anatomy forearm|brain]``
 Writes ``benchmarks/results/simulator_speed.json``.
@@ -59,6 +63,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import numba
+    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
@@ -78,13 +83,15 @@ def main() -> int:
     )
     # warm-up: numba compilation (cached on disk after the first run) on a tiny frame
     from usnav.geometry import matrix_from_euler_zyx
-    from usnav.sim.bmode import render_frame
+    from usnav.sim.bmode import render_frame, render_frames
     from usnav.sim.probe import Probe
     from usnav.sim.scene import homogeneous_scene
 
     small = Probe(frame_hw=(64, 80), depth_mm=10.0, fov_deg=20.0, n_lines=32)
     t = time.perf_counter()
-    render_frame(homogeneous_scene(), matrix_from_euler_zyx([0.1, 0.2, 0.3]), small)
+    T_small = matrix_from_euler_zyx([0.1, 0.2, 0.3])
+    render_frame(homogeneous_scene(), T_small, small)  # the multi-threaded kernel (one frame at a time)
+    render_frames(homogeneous_scene(), np.stack([T_small, T_small]), small, threads=args.threads)  # frame threads
     t_warm = time.perf_counter() - t
 
     t_wall0, t_cpu0 = time.perf_counter(), time.process_time()
