@@ -190,3 +190,29 @@ def test_attenuation_and_tgc(probe):
     expected = -2 * alpha * probe.center_freq_mhz / 10.0  # dB per mm, two-way
     assert slope_raw == pytest.approx(expected, rel=0.1)
     assert abs(slope_flat) < 0.1 * abs(expected)
+
+
+@pytest.mark.parametrize("angles", [(0.0, 0.0, 0.0), (0.785, 0.6155, 0.0), (1.2, -0.5, 2.0)])
+def test_compiled_kernel_misses_no_scatterer_of_the_slab(angles):
+    """The fan-hull column walk and its elevational bound against brute force over the slab's bounding box."""
+    from usnav.sim.bmode import _beam_tissue, _bin_scatterers, _fan_polygon, _render_slab_compiled
+    from usnav.sim.scatterers import SlabScatterers, column_grid
+
+    probe = Probe(frame_hw=(64, 80), spacing_mm=(0.229, 0.221), depth_mm=10.0, fov_deg=24.0, n_lines=48)
+    scene = homogeneous_scene(seed=3)
+    T = matrix_from_euler_zyx(list(angles), [3.0, -2.0, 1.0])
+    S = np.eye(4)
+    S[:3, 3] = -probe.face_centre_mm
+    T = T @ S
+    T_iw = np.linalg.inv(T)
+    offs, echo_c, _, _ = _beam_tissue(scene, T, probe, BModeParams())
+    fast, _ = _render_slab_compiled(scene, T_iw, probe, offs, echo_c, 4, 2, parallel=False)
+    hmax = probe.max_half_thickness_mm
+    _, _, _, lo, hi, _ = column_grid(T_iw, _fan_polygon(probe), scene.scatterers.spacing_mm, hmax)
+    cells = np.stack(np.meshgrid(*[np.arange(lo[k] - 2, hi[k] + 3) for k in range(3)], indexing="ij"), -1)
+    pos, amp = scene.scatterers.scatterers_in_cells(cells.reshape(-1, 3))
+    img = (pos @ T_iw[:3, :3].T + T_iw[:3, 3]).astype(np.float32)
+    keep = np.abs(img[:, 2]) <= hmax + 0.01
+    slab = SlabScatterers(img[keep, 0].copy(), img[keep, 1].copy(), img[keep, 2].copy(), amp[keep])
+    ref, _ = _bin_scatterers([slab], probe, offs, echo_c, 4, 2)
+    assert np.linalg.norm(fast - ref) / np.linalg.norm(ref) < 1e-3
