@@ -120,6 +120,7 @@ def fit_rigid_affine(
     max_shift_mm: float = 12.0,
     affine: bool = True,
     iters: int = 40,
+    n_candidates: int = 3,
 ) -> tuple[np.ndarray, dict]:
     """Multi-start rigid (+ affine) fit, coarse to fine.
 
@@ -131,8 +132,11 @@ def fit_rigid_affine(
 
     Search: at the coarsest level, for the identity and +-0.7*max_rot_deg about
     each axis, an exhaustive integer-voxel translation search within
-    +-max_shift_mm; the three best starts are refined with Adam; finer
-    levels refine the winner (rigid, then affine).
+    +-max_shift_mm; the ``n_candidates`` best starts and the identity-rotation
+    start are refined rigidly with Adam on the coarse and then on the next
+    level, where the lowest loss wins (the coarse level alone can prefer a
+    wrong rotation); that level and finer ones then refine the winner
+    (affine when ``affine``).
 
     Returns:
         (T_movvox_from_fixvox on the fine grid (4x4 float64), info dict).
@@ -171,14 +175,16 @@ def fit_rigid_affine(
                     best = (lv, rotation_matrix(wt) @ (d.float() * sp))
             results.append((best[0], wt, best[1]))
     del shape
+    ident = results[0]  # the identity-rotation start
     results.sort(key=lambda r: r[0])
+    cands = results[:n_candidates]
+    if all(c is not ident for c in cands):
+        cands.append(ident)
     refined = []
-    for _, wt, tt in results[:2]:
+    for _, wt, tt in cands:
         w, t, B, lv = _optimise(fix_p, mov, pts, sp, centre, wt, tt, iters, False, lr=0.5)
-        refined.append((lv, w, t))
-    refined.sort(key=lambda r: r[0])
-    lv, w, t = refined[0]
-    info["coarse_loss"] = lv
+        refined.append([lv, w, t])
+    info["coarse_losses"] = [r[0] for r in refined]
     B = torch.zeros(3, 3)
     f_prev = f0
     for li, (fix_l, mov_l, wgt_l, f_l) in enumerate(levels[1:], start=1):
@@ -188,13 +194,24 @@ def fit_rigid_affine(
         centre = centre + off
         pts_l = _points(wgt_l)
         fix_pl = fix_l[:, pts_l[:, 0].long(), pts_l[:, 1].long(), pts_l[:, 2].long()]
+        if li == 1:
+            # the candidates compete on the finer (more discriminative) level, rigidly
+            for r in refined:
+                r[1], r[2], _, r[0] = _optimise(fix_pl, mov_l, pts_l, sp_l, centre, r[1], r[2], iters, False, lr=0.3)
+            info["candidate_losses"] = [r[0] for r in refined]
+            info["candidate_rotation_deg"] = [float(np.rad2deg(float(torch.linalg.norm(r[1])))) for r in refined]
+            refined.sort(key=lambda r: r[0])
+            lv, w, t = refined[0]
         if affine:
             w, t, B, lv = _optimise(fix_pl, mov_l, pts_l, sp_l, centre, w, t, iters, True, lr=0.2, B0=B)
-        else:
+        elif li > 1:
             w, t, _, lv = _optimise(fix_pl, mov_l, pts_l, sp_l, centre, w, t, iters, False, lr=0.3)
         info[f"level{li}_loss"] = lv
         f_prev = f_l
         sp = sp_l
+    if len(levels) == 1:
+        refined.sort(key=lambda r: r[0])
+        lv, w, t = refined[0]
     M = rotation_matrix(w) @ (torch.eye(3) + B)
     T = _matrix(M, t, centre, sp).double().numpy()
     info["rotation_deg"] = float(np.rad2deg(float(torch.linalg.norm(w))))

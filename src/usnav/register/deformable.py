@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from usnav.register.warp import sample_points, warp_volume
 
-__all__ = ["discrete_convex", "adam_refine", "smooth_field"]
+__all__ = ["discrete_convex", "adam_refine", "smooth_field", "jacobian_det", "unfold"]
 
 
 def smooth_field(u: torch.Tensor, k: int = 3, times: int = 2) -> torch.Tensor:
@@ -170,6 +170,33 @@ def adam_refine(
         opt.step()
     with torch.no_grad():
         return to_dense(_smooth_cf(param.detach(), smooth))
+
+
+def jacobian_det(u: torch.Tensor) -> torch.Tensor:
+    """det of d(x + u)/dx for a (X,Y,Z,3) voxel field, central differences (one-sided at borders)."""
+    g = [torch.gradient(u[..., a], dim=(0, 1, 2)) for a in range(3)]
+    J = [[g[a][b] + (1.0 if a == b else 0.0) for b in range(3)] for a in range(3)]
+    return (
+        J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
+        - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
+        + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
+    )
+
+
+def unfold(u: torch.Tensor, min_det: float = 0.3, max_iter: int = 20) -> tuple[torch.Tensor, int]:
+    """Smooth (3^3 box, where needed first, then globally) until det J > ``min_det`` everywhere.
+
+    Returns the field and the number of smoothing passes. Used as a last
+    safeguard against folding: the trilinear upsampling of a level field
+    with positive Jacobians is fold-free up to interpolation corners.
+    """
+    n = 0
+    while n < max_iter and float(jacobian_det(u).min()) <= min_det:
+        bad = (jacobian_det(u) <= min_det).float()[None, None]
+        near = F.max_pool3d(bad, 5, stride=1, padding=2)[0, 0, ..., None]
+        u = u * (1 - near) + smooth_field(u, 3, 1) * near if n < max_iter // 2 else smooth_field(u, 3, 1)
+        n += 1
+    return u, n
 
 
 def _smooth_cf(p: torch.Tensor, times: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["mind_ssc", "gaussian_blur", "downsample"]
+__all__ = ["mind_ssc", "gaussian_blur", "downsample", "local_normalise"]
 
 # the 6-neighbourhood and the 12 non-opposite pairs of it (SSC edges)
 _SIX = torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 2], [2, 1, 1], [1, 2, 1]])
@@ -36,7 +36,9 @@ def _shift(img: torch.Tensor, off: torch.Tensor, dilation: int) -> torch.Tensor:
     return img[:, :, o[0] : o[0] + X, o[1] : o[1] + Y, o[2] : o[2] + Z]
 
 
-def mind_ssc(img: torch.Tensor, radius: int = 1, dilation: int = 2, mask: torch.Tensor | None = None) -> torch.Tensor:
+def mind_ssc(
+    img: torch.Tensor, radius: int = 1, dilation: int = 2, mask: torch.Tensor | None = None, floor: float = 0.0
+) -> torch.Tensor:
     """MIND-SSC of a volume.
 
     Args:
@@ -44,6 +46,9 @@ def mind_ssc(img: torch.Tensor, radius: int = 1, dilation: int = 2, mask: torch.
         radius: box-filter radius of the patch SSD (patch side 2r+1 voxels).
         dilation: neighbour distance, voxels.
         mask: optional (X, Y, Z) bool; outside it the features are set to 0.
+        floor: added to the local variance estimate, as a fraction of its mean over
+            the volume, so that flat (noise-only) regions give flat descriptors
+            instead of amplified noise (0 = the paper's normalisation).
 
     Returns:
         (12, X, Y, Z) float32 features in [0, 1].
@@ -56,7 +61,7 @@ def mind_ssc(img: torch.Tensor, radius: int = 1, dilation: int = 2, mask: torch.
     d = F.avg_pool3d(F.pad(diffs, [radius] * 6, mode="replicate"), k, stride=1)
     v = d.mean(1, keepdim=True)
     vm = v.mean()
-    v = v.clamp(min=vm * 1e-3, max=vm * 1e3)
+    v = v.clamp(min=vm * 1e-3, max=vm * 1e3) + floor * vm
     d = d - d.min(1, keepdim=True)[0]
     mind = torch.exp(-d / v)
     out = mind[0]
@@ -97,3 +102,15 @@ def downsample(img: torch.Tensor, factor: int) -> torch.Tensor:
     x = img[None] if squeeze else img
     y = F.avg_pool3d(x[None], factor, stride=factor)[0]
     return y[0] if squeeze else y
+
+
+def local_normalise(img: torch.Tensor, sigma: float, eps: float = 1e-3) -> torch.Tensor:
+    """(img - local mean) / local std with Gaussian windows of ``sigma`` voxels (X, Y, Z).
+
+    The SSD of two locally normalised images is a (windowed) stand-in for
+    1 - local NCC: it ignores local gain and offset (shadowing, bias field).
+    """
+    m = gaussian_blur(img, sigma)
+    d = img - m
+    v = gaussian_blur(d * d, sigma)
+    return d / torch.sqrt(v + eps * float(v.mean()) + 1e-12)

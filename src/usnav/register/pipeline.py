@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from usnav.register.affine import fit_rigid_affine, scale_transform, warp_affine
-from usnav.register.deformable import adam_refine, discrete_convex
-from usnav.register.features import downsample, gaussian_blur, mind_ssc
+from usnav.register.deformable import adam_refine, discrete_convex, unfold
+from usnav.register.features import downsample, gaussian_blur, local_normalise, mind_ssc
 from usnav.register.warp import identity_grid, resize_field, warp_volume
 
 __all__ = ["RegistrationConfig", "RegistrationResult", "register_pair", "auto_cavity_mask", "warp_image", "compose_affine_field"]
@@ -39,9 +39,9 @@ class RegistrationConfig:
     max_shift_mm: float = 12.0
     coarse_radius: int = 3  # coarse discrete search: +- radius coarse voxels
     fine_radius: int = 2
-    adam_iters: int = 60
-    adam_ctrl: int = 1  # Adam control grid spacing in deformable-level voxels
-    adam_lambda: float = 0.5
+    adam_iters: int = 120
+    adam_ctrl: int = 2  # Adam control grid spacing in deformable-level voxels
+    adam_lambda: float = 0.1
     adam_lr: float = 0.3
     threads: int = 2
     deformable: bool = True
@@ -49,6 +49,14 @@ class RegistrationConfig:
     affine_iters: int = 20
     us_sigma: float = 1.0  # Gaussian blur of the iUS before MIND (voxels at half level resolution)
     erode: int = 1  # FOV erosion (level voxels)
+    mind_floor: float = 0.0  # MIND variance floor (fraction of the mean), see features.mind_ssc
+    min_jacobian: float = 0.3  # level-grid det J floor enforced by local smoothing (no folding)
+    mind_factor: int = 0  # MIND computed on this block average of the fixed grid (0 = half the level)
+    mind_dilation: int = 2
+    feat_sigma: float = 0.0  # Gaussian blur of the level features (level voxels)
+    dark_frac: float = 0.0  # leave out level voxels darker than this fraction of the FOV median (0 = off)
+    lncc_weight: float = 0.0  # weight of locally normalised intensity channels (0 = MIND only)
+    lncc_sigma: float = 3.0  # their window (voxels at half the level resolution)
     keep_stages: bool = False  # keep intermediate level fields in info["stages"] (debugging)
 
 
@@ -113,20 +121,41 @@ def auto_cavity_mask(us_level: torch.Tensor, fov_level: torch.Tensor, voxel_mm: 
 
 
 def _features(
-    us: torch.Tensor, fov: torch.Tensor, movs: list[torch.Tensor], ff: int, us_sigma: float
+    us: torch.Tensor,
+    fov: torch.Tensor,
+    movs: list[torch.Tensor],
+    ff: int,
+    us_sigma: float,
+    floor: float = 0.0,
+    lncc_weight: float = 0.0,
+    lncc_sigma: float = 3.0,
+    mind_factor: int = 0,
+    mind_dilation: int = 2,
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """MIND-SSC at half the level resolution (dilation 2, radius 1), block-pooled to the level.
 
     Returns fixed features (12, x, y, z), moving features, and the level FOV (bool).
     """
-    half = ff // 2
+    half = mind_factor if mind_factor > 0 else ff // 2
+    pool = ff // half
     us_h = downsample(us, half)
     fov_h = downsample(fov.float(), half) > 0.99
     mean_in = us_h[fov_h].mean() if fov_h.any() else us_h.mean()
     # fill outside the FOV with the FOV mean so the cone edge does not dominate the features
     us_h = torch.where(fov_h, us_h, mean_in)
-    fix = downsample(mind_ssc(gaussian_blur(us_h, us_sigma), radius=1, dilation=2), 2)
-    mf = [downsample(mind_ssc(downsample(m, half), radius=1, dilation=2), 2) for m in movs]
+    fix = downsample(mind_ssc(gaussian_blur(us_h, us_sigma), radius=1, dilation=mind_dilation, floor=floor), pool)
+    mhs = [downsample(m, half) for m in movs]
+    mf = [downsample(mind_ssc(m, radius=1, dilation=mind_dilation, floor=floor), pool) for m in mhs]
+    if lncc_weight > 0:
+        # locally normalised intensities; each MRI's sign follows its correlation with the iUS in the FOV
+        ln_us = local_normalise(gaussian_blur(us_h, us_sigma), lncc_sigma)
+        fix = torch.cat([fix, lncc_weight * downsample(ln_us, pool)[None]])
+        out = []
+        for m, f in zip(mhs, mf):
+            ln_m = local_normalise(m, lncc_sigma)
+            sgn = 1.0 if float((ln_m * ln_us)[fov_h].mean()) >= 0 else -1.0
+            out.append(torch.cat([f, sgn * lncc_weight * downsample(ln_m, pool)[None]]))
+        mf = out
     fov_l = downsample(fov.float(), ff) > 0.99
     return fix, mf, fov_l
 
@@ -183,15 +212,32 @@ def register_pair(
     us = us / max(float(us[fov].mean()) if fov.any() else 1.0, 1e-6)
     info["crop"] = [lo, hi]
 
-    fix_f, movs_f, fov_f = _features(us, fov, movs, ff, cfg.us_sigma)
+    fix_f, movs_f, fov_f = _features(
+        us, fov, movs, ff, cfg.us_sigma, cfg.mind_floor, cfg.lncc_weight, cfg.lncc_sigma, cfg.mind_factor,
+        cfg.mind_dilation,
+    )
     if cavity_mask is not None:
         cav_f = downsample(torch.from_numpy(np.asarray(cavity_mask, dtype=bool)[crop]).float(), ff) > 0
     else:
         cav_f = auto_cavity_mask(downsample(us, ff), fov_f, float(sp.mean() * ff))
         info["auto_cavity_voxels"] = int(cav_f.sum())
-    w_f = (_erode(fov_f, cfg.erode) & ~cav_f).float()
+    w_f = _erode(fov_f, cfg.erode) & ~cav_f
+    if cfg.dark_frac > 0:
+        # acoustic shadows / anechoic regions carry no structure: leave them out of the losses
+        us_l = gaussian_blur(downsample(us, ff), 1.0)
+        dark = us_l < cfg.dark_frac * float(us_l[fov_f].median())
+        info["dark_fraction"] = float((dark & w_f).sum()) / max(1.0, float(w_f.sum()))
+        w_f = w_f & ~dark
+    w_f = w_f.float()
     fix_c = downsample(fix_f, 2)
     movs_c = [downsample(m, 2) for m in movs_f]
+    if cfg.feat_sigma > 0:
+        # band-limit the features: with raw (noisy) features the SSD of trilinearly sampled
+        # moving features drops at half-voxel shifts (interpolation blur), a ripple that biases
+        # every stage towards half-voxel offsets and is as large as the alignment signal
+        fix_f, fix_c = gaussian_blur(fix_f, cfg.feat_sigma), gaussian_blur(fix_c, cfg.feat_sigma)
+        movs_f = [gaussian_blur(m, cfg.feat_sigma) for m in movs_f]
+        movs_c = [gaussian_blur(m, cfg.feat_sigma) for m in movs_c]
     w_c = (downsample(w_f, 2) > 0.5).float()
     info["t_features_s"] = time.perf_counter() - t0
 
@@ -229,6 +275,7 @@ def register_pair(
             fix_f, movs_fw, w_f, v_f, iters=cfg.adam_iters, lam=cfg.adam_lambda, lr=cfg.adam_lr, ctrl=cfg.adam_ctrl
         )
         info["t_adam_s"] = time.perf_counter() - t0
+        v_f, info["unfold_passes"] = unfold(v_f, cfg.min_jacobian)
 
     # back to the full grid: pad the level field (replicate), translate the affine
     full_l = tuple(s // ff for s in shape)
