@@ -118,6 +118,68 @@ def sim_step_frames():
     return np.stack(frames), S
 
 
+@pytest.fixture(scope="module")
+def sim_lateral_frames():
+    pytest.importorskip("usnav.sim.bmode")
+    from usnav.sim.bmode import render_frame
+    from usnav.sim.probe import default_probe
+    from usnav.sim.scene import homogeneous_scene
+
+    probe = default_probe(240, 320)
+    scene = homogeneous_scene(seed=8, attenuation=0.7)
+    R = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])  # image x = world x
+    frames = []
+    for k in range(4):
+        T = np.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = [-40.0 + 0.5 * k, 3.0, 5.0]
+        frames.append(render_frame(scene, T, probe))
+    S = np.diag([probe.spacing_mm[0], probe.spacing_mm[1], 1.0, 1.0])
+    return np.stack(frames), S
+
+
+def test_decorrelation_recovers_known_inplane_shift_of_simulated_speckle(sim_lateral_frames):
+    """Simulator speckle, probe moved 0.5 mm along the image x axis per frame: frame n's tissue at p
+    is at p + (0.5, 0, 0) mm in frame n-1 (T_previous_from_image translation +0.5 mm), within 20 %.
+    The speckle of a curvilinear probe moved sideways is not a pure shift (each tissue point is seen
+    along another beam direction), so some out-of-plane motion is reported: < 0.25 mm (measured 0.18)."""
+    from usnav.freehand.decorrelation import estimate_transforms
+    from usnav.geometry import params_from_matrix
+
+    frames, S = sim_lateral_frames
+    G, L = estimate_transforms(frames, S)
+    p = params_from_matrix(L)
+    np.testing.assert_allclose(p[:, 3], 0.5, rtol=0.2)
+    assert np.all(np.abs(p[:, 4]) < 0.1) and np.all(np.abs(p[:, 2]) < 2e-3)
+    centre = np.array([frames.shape[2] / 2 * S[0, 0], frames.shape[1] / 2 * S[1, 1], 0.0, 1.0])
+    assert np.all(np.abs((L @ centre)[:, 2]) < 0.25)
+    np.testing.assert_allclose(G[-1][0, 3], 1.5, rtol=0.2)
+
+
+def test_relative_signs_from_frames_two_apart():
+    """|z_n - z_n-2| = d_n-1 + d_n means the same direction, |d_n - d_n-1| a reversal; small motions are undecided (+1)."""
+    from usnav.freehand.decorrelation import relative_signs
+
+    d = np.full((3, 8), 0.4)
+    e = np.stack([np.full(8, 0.8), np.full(8, 0.02), np.full(8, 0.8)])
+    np.testing.assert_array_equal(relative_signs(d, d, e), [1.0, -1.0, 1.0])
+    small = np.full((1, 8), 0.05)
+    np.testing.assert_array_equal(relative_signs(small, small, np.zeros((1, 8))), [1.0])
+
+
+def test_abs_plane_fit_finds_a_sign_change_inside_the_image():
+    """Fanning about the contact point: dz = -0.3 + 0.012 y changes sign at y = 25 mm; the unsigned
+    distances are fitted by |plane| with the sign change, not by a plane through |dz|."""
+    from usnav.freehand.decorrelation import fit_abs_plane
+
+    x, y = np.meshgrid([40.0, 55.0, 70.0, 85.0], [10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
+    Az = np.stack([np.ones(x.size), x.ravel(), y.ravel()], 1)
+    true = np.array([-0.3, 0.0, 0.012])
+    planes = fit_abs_plane(Az, np.abs(Az @ true)[None])
+    np.testing.assert_allclose(np.abs(Az @ planes[0]), np.abs(Az @ true), atol=1e-9)
+    assert np.allclose(planes[0], true) or np.allclose(planes[0], -true)
+
+
 def test_decorrelation_recovers_known_elevational_step(sim_step_frames):
     """Simulator speckle, image plane stepped 0.4 mm out of plane per frame: the decorrelation
     method finds ~0.4 mm per frame along z (sign +: the documented starting direction)."""
@@ -131,8 +193,8 @@ def test_decorrelation_recovers_known_elevational_step(sim_step_frames):
     # out-of-plane displacement at the image centre
     centre = np.array([frames.shape[2] / 2 * S[0, 0], frames.shape[1] / 2 * S[1, 1], 0.0, 1.0])
     dz = (L @ centre)[:, 2]
-    np.testing.assert_allclose(dz, 0.4, atol=0.12)
-    assert abs((G[-1] @ centre)[2] - 1.2) < 0.3
+    np.testing.assert_allclose(dz, 0.4, rtol=0.2)
+    np.testing.assert_allclose((G[-1] @ centre)[2], 1.2, rtol=0.2)
 
 
 def _train_tiny(data: Path, run: Path) -> None:

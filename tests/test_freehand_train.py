@@ -181,3 +181,28 @@ def test_ddp_two_cpu_processes_keep_equal_weights(tiny_data: Path, tmp_path: Pat
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["world_size"] == 2
     del init
+
+
+def test_feature_windows_and_mirrored_labels(tiny_data: Path, tmp_path: Path):
+    """Sequence models on pair features: one feature row per adjacent pair, labels of the same
+    frames; a z-mirrored window (the features cannot tell the sign of out-of-plane motion) has
+    the labels M L M with M = diag(1, 1, -1, 1)."""
+    from usnav.freehand.data import load_scans, make_batch
+    from usnav.freehand.decorrelation import N_FEATURES
+    from usnav.io.tusrec import open_dataset
+
+    ds = open_dataset(tiny_data)
+    scans = load_scans(ds, ds.scans[:1], (16, 16), features=True, cache_dir=tmp_path / "cache")
+    s = scans[0]
+    assert s.features.shape == (s.n_frames - 1, N_FEATURES) and np.isfinite(s.features).all()
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # cached
+    again = load_scans(ds, ds.scans[:1], (16, 16), features=True, cache_dir=tmp_path / "cache")[0]
+    np.testing.assert_array_equal(again.features, s.features)
+    plain = make_batch(scans, np.array([[0, 2]]), 6, np.random.default_rng(0), 0.0, 3, mirror_p=0.0)
+    mirrored = make_batch(scans, np.array([[0, 2]]), 6, np.random.default_rng(0), 0.0, 3, mirror_p=1.0)
+    assert plain["frames"].shape == (1, 5, N_FEATURES)
+    np.testing.assert_array_equal(plain["frames"], mirrored["frames"])
+    M = np.diag([1.0, 1.0, -1.0, 1.0])
+    np.testing.assert_allclose(mirrored["local"][0].numpy(), M @ plain["local"][0].numpy() @ M, atol=1e-12)
+    np.testing.assert_allclose(mirrored["window_global"][0].numpy(), M @ plain["window_global"][0].numpy() @ M,
+                               atol=1e-12)

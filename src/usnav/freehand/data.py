@@ -44,25 +44,57 @@ class CachedScan:
     T_mm_from_pixel: np.ndarray
     frame_shape: tuple[int, int]
     landmarks: np.ndarray | None
+    features: np.ndarray | None = None  # (N-1, F) pair features (``features`` sequence models; frames empty)
 
     @property
     def n_frames(self) -> int:
-        return len(self.frames)
+        return len(self.poses)
 
     def points(self, n: int) -> torch.Tensor:
         """(4, n*n) homogeneous image-mm grid points (n=2: the four corners)."""
         return grid_points_mm(self.T_mm_from_pixel, self.frame_shape, n)
 
 
+def scan_features(dataset: TusrecDataset, ref: ScanRef, frames, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Pair features (N-1, F) of a scan (:func:`usnav.freehand.decorrelation.feature_vectors`), cached as
+    ``cache_dir/<hash>.npy`` (keyed by the data set path, scan, file size and mtime) when a folder is given."""
+    import hashlib
+
+    from usnav.freehand.decorrelation import feature_vectors, pair_features
+
+    target = None
+    if cache_dir:
+        f = dataset.frames_path(ref)
+        stamp = (str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+        key = hashlib.sha1(repr((str(Path(dataset.root).resolve()), ref.subject, ref.scan, stamp)).encode()).hexdigest()[:20]
+        target = Path(cache_dir) / f"{key}.npy"
+        if target.exists():
+            return np.load(target)
+    feats = feature_vectors(pair_features(frames, dataset.calibration.T_mm_from_pixel))
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp.npy")
+        np.save(tmp, feats)
+        tmp.replace(target)
+    return feats
+
+
 def load_scans(
     dataset: TusrecDataset, refs: Sequence[ScanRef], input_hw: tuple[int, int],
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, features: bool = False, cache_dir: str | Path | None = None,
 ) -> list[CachedScan]:
-    """Read and downsample the given scans (needs ground truth)."""
+    """Read and downsample the given scans (needs ground truth); with ``features`` keep the pair
+    features instead of frames."""
     out = []
     assert dataset.calibration is not None
     for ref in refs:
         with dataset.open_scan(ref) as scan:
+            if features:
+                G = scan.T_image0_from_image
+                poses = np.concatenate([np.eye(4)[None], G], axis=0)
+                out.append(CachedScan(ref, np.zeros((0, 1, 1), np.uint8), poses, dataset.calibration.T_mm_from_pixel.copy(),
+                                      scan.frame_shape, scan.landmarks, scan_features(dataset, ref, scan.frames, cache_dir)))
+                continue
             small = prepare_frames(scan.frames, input_hw, progress=progress)
             G = scan.T_image0_from_image
             poses = np.concatenate([np.eye(4)[None], G], axis=0)
@@ -84,11 +116,12 @@ class DatasetScan:
 
 def load_dataset_scans(
     datasets: Sequence[TusrecDataset], refs: Sequence[DatasetScan], input_hw: tuple[int, int],
+    features: bool = False, cache_dir: str | Path | None = None,
 ) -> list[CachedScan]:
     """:func:`load_scans` over scans of several data sets, in the order of ``refs``."""
     out = []
     for r in refs:
-        out += load_scans(datasets[r.dataset], [r.ref], input_hw)
+        out += load_scans(datasets[r.dataset], [r.ref], input_hw, features=features, cache_dir=cache_dir)
     return out
 
 
@@ -130,7 +163,7 @@ def window_index(scans: Sequence[CachedScan], window: int, stride: int) -> np.nd
 
 def make_batch(
     scans: Sequence[CachedScan], samples: np.ndarray, length: int, rng: np.random.Generator, reverse_p: float = 0.5,
-    n_points: int = 2,
+    n_points: int = 2, mirror_p: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """A batch of windows of ``length`` frames (length 2 = adjacent pairs).
 
@@ -144,15 +177,24 @@ def make_batch(
     for scan_i, start in samples:
         s = scans[int(scan_i)]
         idx = np.arange(int(start), int(start) + length)
-        if rng.random() < reverse_p:
-            idx = idx[::-1]
-        frames.append(s.frames[idx])
+        if s.features is not None:  # pair features of pairs (idx[k], idx[k+1]); no time reversal
+            frames.append(s.features[idx[:-1]])
+        else:
+            if rng.random() < reverse_p:
+                idx = idx[::-1]
+            frames.append(s.frames[idx])
         P = s.poses[idx]
+        if s.features is not None and mirror_p > 0 and rng.random() < mirror_p:
+            # z-mirrored motion (M P M, M = diag(1, 1, -1, 1)): the pair features (correlations and in-plane
+            # motion) cannot tell it from the real one, so the labels must not prefer either sign
+            M = np.diag([1.0, 1.0, -1.0, 1.0])
+            P = M @ P @ M
         local.append(invert(P[:-1]) @ P[1:])
         glob.append(invert(P[0]) @ P[1:])
         points.append(s.points(n_points))
     return {
-        "frames": torch.from_numpy(np.stack(frames)).float().div_(255.0),
+        "frames": torch.from_numpy(np.stack(frames)).float() if scans[int(samples[0][0])].features is not None
+        else torch.from_numpy(np.stack(frames)).float().div_(255.0),
         "local": torch.from_numpy(np.stack(local)),
         "window_global": torch.from_numpy(np.stack(glob)),
         "points": torch.stack(points),

@@ -17,9 +17,20 @@ import numpy as np
 import torch
 
 from .models import SequenceNet, TwoFrameNet, build_model, downsample_frames, matrix_from_params_deg
-from usnav.geometry.tracking import chain_local
+try:
+    from usnav.geometry.tracking import chain_local
+except ImportError:  # vendored into a submission folder without usnav
+    def chain_local(T_prev_from_current):
+        """Globals (N-1, 4, 4) from locals: G[n] = L[1] @ ... @ L[n]."""
+        L = np.asarray(T_prev_from_current, dtype=np.float64)
+        out = np.empty_like(L)
+        acc = np.eye(4)
+        for i in range(len(L)):
+            acc = acc @ L[i]
+            out[i] = acc
+        return out
 
-__all__ = ["chain_local", "load_model", "predict_transforms", "prepare_frames", "identity_transforms"]
+__all__ = ["chain_local", "load_model", "predict_scan", "predict_transforms", "prepare_frames", "identity_transforms"]
 
 Progress = Callable[[int], None] | None
 
@@ -59,11 +70,50 @@ def _to_input(small: np.ndarray, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _predict_from_features(model: SequenceNet, feats: np.ndarray, device, progress: Progress = None):
+    """Locals from pair features (N-1, F): windows of ``cfg.window`` pairs overlapping by half; each
+    pair takes the output of the window in which it is most central; globals are the chained locals."""
+    n1 = len(feats)
+    T = min(model.cfg.window, n1)
+    starts = list(range(0, max(1, n1 - T + 1), max(1, T // 2)))
+    if starts[-1] != n1 - T:
+        starts.append(n1 - T)
+    params = np.zeros((n1, 6))
+    best = np.full(n1, -1.0)
+    x_all = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
+    for s in starts:
+        local, _ = model(x_all[s : s + T][None])
+        i = np.arange(s, s + T)
+        centrality = np.minimum(i - s, s + T - 1 - i) + (i == 0) * T + (i == n1 - 1) * T  # scan ends: no context lost
+        take = centrality > best[i]
+        params[i[take]] = local[0].double().cpu().numpy()[take]
+        best[i[take]] = centrality[take]
+    L = matrix_from_params_deg(torch.from_numpy(params)).numpy()
+    if progress is not None:
+        progress(n1)
+    return chain_local(L), L
+
+
+def predict_scan(model: torch.nn.Module, config: dict, frames, T_mm_from_pixel, device: str | torch.device = "cpu",
+                 progress: Progress = None) -> tuple[np.ndarray, np.ndarray]:
+    """Global and local transforms of a scan's frames (N, H, W) (array or lazy h5py dataset) with a loaded model."""
+    mcfg = config["model"]
+    if mcfg.get("input") == "features":
+        from .decorrelation import feature_vectors, pair_features
+
+        feats = feature_vectors(pair_features(frames, T_mm_from_pixel, progress=progress))
+        return predict_transforms(model, feats, device)
+    small = prepare_frames(frames, tuple(mcfg["input_hw"]), progress=progress)
+    return predict_transforms(model, small, device, progress=progress)
+
+
+@torch.no_grad()
 def predict_transforms(
     model: torch.nn.Module, small: np.ndarray, device: str | torch.device = "cpu", batch: int = 64,
     progress: Progress = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Global and local transforms (N-1, 4, 4) float64 of a scan from its downsampled frames (N, h, w) uint8."""
+    """Global and local transforms (N-1, 4, 4) float64 of a scan from its downsampled frames (N, h, w) uint8
+    (or, for a ``features`` sequence model, its pair features (N-1, F))."""
     model.eval()
     n = len(small)
     if n < 2:
@@ -79,6 +129,8 @@ def predict_transforms(
                 progress(stop - start)
         L = matrix_from_params_deg(torch.cat(params)).numpy()
         return chain_local(L), L
+    if isinstance(model, SequenceNet) and model.cfg.input == "features":
+        return _predict_from_features(model, small, device, progress)
     if isinstance(model, SequenceNet):
         T = model.cfg.window
         L = np.empty((n - 1, 4, 4))

@@ -198,6 +198,10 @@ class SequenceConfig:
     layers: int = 2
     window: int = 32
     global_mode: str = "head"  # inference globals: "head" (window-global head) or "chain" (chained locals)
+    # "frames": a CNN encodes each pair of downsampled frames; "features": an MLP encodes the pair
+    # measurements of usnav.freehand.decorrelation.feature_vectors (n_features per pair)
+    input: str = "frames"
+    n_features: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,7 +239,14 @@ class SequenceNet(nn.Module):
     def __init__(self, cfg: SequenceConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = PairEncoder(cfg)
+        if cfg.input == "features":
+            # fixed standardisation of the inputs (set from the training data, saved with the weights)
+            self.register_buffer("feature_mean", torch.zeros(cfg.n_features))
+            self.register_buffer("feature_std", torch.ones(cfg.n_features))
+            self.encoder = nn.Sequential(nn.Linear(cfg.n_features, cfg.feature_dim), nn.SiLU(),
+                                         nn.Linear(cfg.feature_dim, cfg.feature_dim), nn.SiLU())
+        else:
+            self.encoder = PairEncoder(cfg)
         self.gru = nn.GRU(cfg.feature_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True, bidirectional=True)
         self.local_head = nn.Linear(2 * cfg.hidden, 6)
         self.global_gru = nn.GRU(2 * cfg.hidden + 6, cfg.hidden, batch_first=True)  # causal accumulation
@@ -245,10 +256,14 @@ class SequenceNet(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, n, h, w = frames.shape
-        prev, cur = frames[:, :-1], frames[:, 1:]
-        pairs = torch.stack([prev, cur, cur - prev], dim=2).reshape(B * (n - 1), 3, h, w)
-        feats = self.encoder(pairs).reshape(B, n - 1, -1)
+        """frames (B, T+1, h, w), or pair features (B, T, n_features) when ``cfg.input == "features"``."""
+        if self.cfg.input == "features":
+            feats = self.encoder((frames - self.feature_mean) / self.feature_std)
+        else:
+            B, n, h, w = frames.shape
+            prev, cur = frames[:, :-1], frames[:, 1:]
+            pairs = torch.stack([prev, cur, cur - prev], dim=2).reshape(B * (n - 1), 3, h, w)
+            feats = self.encoder(pairs).reshape(B, n - 1, -1)
         ctx, _ = self.gru(feats)
         local = self.local_head(ctx)
         acc, _ = self.global_gru(torch.cat([ctx, local], dim=-1))

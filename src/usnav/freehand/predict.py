@@ -67,10 +67,9 @@ class Predictor:
             from usnav.freehand.decorrelation import estimate_transforms
 
             return estimate_transforms(frames, T_mm_from_pixel, progress=progress)
-        from usnav.freehand.infer import predict_transforms, prepare_frames
+        from usnav.freehand.infer import predict_scan
 
-        small = prepare_frames(frames, tuple(self.config["model"]["input_hw"]), progress=progress)
-        return predict_transforms(self.model, small, self.device, progress=progress)
+        return predict_scan(self.model, self.config, frames, T_mm_from_pixel, self.device, progress=progress)
 
 
 def make_predictor(method: str | None, model: str | Path | None, device: str = "cpu") -> Predictor:

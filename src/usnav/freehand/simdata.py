@@ -28,8 +28,13 @@ __all__ = ["write_segments"]
 def write_segments(
     out: str | Path, anatomy: str, protocol: str, subject: int, seed: int, n_frames: int, segment: int,
     segments: int, frame_hw: tuple[int, int], scans: list[str] | None = None, log=print,
+    start: int | None = None,
 ) -> list[tuple[str, str]]:
-    """Render ``segments`` random segments of ``segment`` frames from each scan plan; returns (subject, scan) refs."""
+    """Render ``segments`` random segments of ``segment`` frames from each scan plan; returns (subject, scan) refs.
+
+    ``start``: render the one segment starting at this frame instead (e.g. 0: the
+    beginning of the protocol, as a real scan starts).
+    """
     from usnav.io.tusrec import CALIB_FILENAME, write_calibration, write_landmarks, write_scan
     from usnav.sim.tusrec_sim import (SimConfig, choose_landmarks, dataset_calibration, render_scan, scan_names,
                                       simulate_scan, subject_name)
@@ -48,10 +53,17 @@ def write_segments(
     for scan in names:
         scene, T_wi, tforms, _ = simulate_scan(config, subject, scan)
         starts = np.sort(rng.choice(np.arange(0, n_frames - segment), size=segments, replace=False))
+        if start is not None:
+            starts = [start]
         for a in starts:
             a = int(a)
             seg = slice(a, a + segment)
-            frames = np.concatenate([f for _, f in render_scan(config, scene, T_wi[seg])])
+            parts = []
+            for _, f in render_scan(config, scene, T_wi[seg]):
+                parts.append(f)
+                if len(parts) % 5 == 0:
+                    log(f"  {scan}_f{a:04d}: {sum(len(q) for q in parts)}/{segment} frames rendered")
+            frames = np.concatenate(parts)
             name = f"{scan}_f{a:04d}"
             write_scan(out, subject_name(subject), name, frames, tforms[seg], layout="train")
             marks[name] = choose_landmarks(scene, T_wi[seg], probe, np.random.default_rng([seed, subject, a]), k=20)
@@ -73,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segments", type=int, default=2, help="segments per scan plan")
     p.add_argument("--frame-size", default="240x320")
     p.add_argument("--scans", default="", help="comma-separated scan names (default: all of the protocol)")
+    p.add_argument("--start", type=int, default=None, help="render one segment starting at this frame (default: random)")
     a = p.parse_args(argv)
     hw = tuple(int(v) for v in a.frame_size.split("x"))
     write_segments(a.out, a.anatomy, a.protocol, a.subject, a.seed, a.frames, a.segment, a.segments, hw,
-                   [s for s in a.scans.split(",") if s] or None, log=lambda m: print(m, flush=True))
+                   [s for s in a.scans.split(",") if s] or None, log=lambda m: print(m, flush=True), start=a.start)
     return 0
 
 

@@ -59,15 +59,19 @@ class TrainConfig:
     window_stride: int = 8
     reverse_p: float = 0.5  # time-reversal augmentation probability
     preset: str = "lite"  # two-frame network preset (lite | b1)
+    clip_grad: float = 1.0  # gradient norm clipping (0: off)
+    mirror_p: float = 0.5  # sequence features: probability of z-mirroring a window's labels (sign symmetry)
+    sequence_input: str = "features"  # sequence: "features" (decorrelation pair features) or "frames" (pair CNN)
+    feature_cache: str = ""  # folder caching the pair features of training scans ("" = RUN/feature_cache)
     model_overrides: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
         c = TrainConfig(**asdict(self))
         c.input_hw = tuple(c.input_hw)  # type: ignore[assignment]
         if c.batch_size <= 0:
-            c.batch_size = 16 if c.method == "two-frame" else 4
+            c.batch_size = 16 if c.method == "two-frame" else (8 if c.sequence_input == "features" else 4)
         if c.lr <= 0:
-            c.lr = 1e-4 if c.method == "two-frame" else 3e-4
+            c.lr = 1e-4 if c.method == "two-frame" or c.sequence_input == "frames" else 5e-4
         return c
 
 
@@ -77,7 +81,11 @@ def model_config(cfg: TrainConfig) -> dict:
     if cfg.method == "two-frame":
         m = TwoFrameConfig(preset=cfg.preset, input_hw=tuple(cfg.input_hw)).to_dict()
     elif cfg.method == "sequence":
-        m = SequenceConfig(input_hw=tuple(cfg.input_hw), window=cfg.window).to_dict()
+        m = SequenceConfig(input_hw=tuple(cfg.input_hw), window=cfg.window, input=cfg.sequence_input).to_dict()
+        if cfg.sequence_input == "features":
+            from usnav.freehand.decorrelation import N_FEATURES
+
+            m.update(n_features=N_FEATURES, global_mode="chain")
     else:
         raise InputError(f"--method must be one of {', '.join(METHODS_LEARNED)} to train, got {cfg.method!r}")
     m.update(cfg.model_overrides)
@@ -143,7 +151,7 @@ def validate(model: torch.nn.Module, scans, device) -> dict[str, float]:
 
     rows = []
     for s in scans:
-        G, L = predict_transforms(model, s.frames, device)
+        G, L = predict_transforms(model, s.features if s.features is not None else s.frames, device)
         true_G = s.poses[1:]
         true_L = invert(s.poses[:-1]) @ s.poses[1:]
         sc = score_scan(s.ref.subject, s.ref.scan, G, L, true_G, true_L, s.T_mm_from_pixel, s.frame_shape, s.landmarks)
@@ -216,8 +224,10 @@ def train(
     run_config["usnav_version"] = __version__
 
     t_load = time.time()
-    train_scans = load_dataset_scans(datasets, train_refs, tuple(cfg.input_hw))
-    val_scans = load_dataset_scans(datasets, val_refs, tuple(cfg.input_hw)) if is_main else []
+    feats = mcfg.get("input") == "features"
+    cache = cfg.feature_cache or str(out / "feature_cache")
+    train_scans = load_dataset_scans(datasets, train_refs, tuple(cfg.input_hw), feats, cache)
+    val_scans = load_dataset_scans(datasets, val_refs, tuple(cfg.input_hw), feats, cache) if is_main else []
     say(f"loaded {len(train_scans)} training and {len(val_refs)} validation scans in {time.time() - t_load:.1f} s")
     if cfg.method == "two-frame":
         samples = pair_index(train_scans)
@@ -228,6 +238,11 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = build_model(mcfg).to(device)
+    if feats:  # input standardisation from the training scans' features
+        allf = np.concatenate([s.features for s in train_scans]).astype(np.float64)
+        with torch.no_grad():
+            model.feature_mean.copy_(torch.from_numpy(allf.mean(0)))
+            model.feature_std.copy_(torch.from_numpy(np.maximum(allf.std(0), 1e-3)))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "best_loss": math.inf}
     if resume and (last_dir / "state.json").exists():
@@ -273,10 +288,12 @@ def train(
             for step in range(first, steps):
                 rng = np.random.default_rng([cfg.seed, epoch, step, rank])
                 batch = make_batch(train_scans, samples[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]],
-                                   length, rng, cfg.reverse_p, n_points)
+                                   length, rng, cfg.reverse_p, n_points, cfg.mirror_p if feats else 0.0)
                 loss, parts = compute_loss(net, cfg.method, batch, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 position["global_step"] = int(position["global_step"]) + 1

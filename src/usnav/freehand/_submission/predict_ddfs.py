@@ -58,8 +58,7 @@ def predict_transforms(frames: np.ndarray, S: np.ndarray, device) -> tuple[np.nd
             return infer.identity_transforms(len(frames))
         return decorrelation.estimate_transforms(frames, S)
     model, config = infer.load_model(os.path.join(HERE, "model"), device)
-    small = infer.prepare_frames(frames, tuple(config["model"]["input_hw"]))
-    return infer.predict_transforms(model, small, device)
+    return infer.predict_scan(model, config, frames, S, device)
 
 
 def _pixel_points(S: np.ndarray, H: int, W: int) -> np.ndarray:
