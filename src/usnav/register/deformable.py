@@ -77,6 +77,8 @@ def discrete_convex(
     coeffs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
     min_support: float = 0.25,
     pool: int = 1,
+    fill: bool = False,
+    smooth: int = 2,
 ) -> torch.Tensor:
     """Coupled-convex discrete displacement on the feature grid -> (X, Y, Z, 3) feature voxels.
 
@@ -101,11 +103,19 @@ def discrete_convex(
         costs = costs / scale
     idx = costs.argmin(0)
     v = D[idx] * valid[..., None]
-    v = smooth_field(v, 3, 2)
+    if fill and valid.any() and not valid.all():
+        # unsupported cells: extrapolate the supported argmins (normalised box smoothing, grown
+        # until every cell is reached) instead of 0, which would drag the FOV edge towards 0
+        m = valid[..., None].float()
+        num, den = v * m, m
+        while bool((den <= 1e-6).any()):
+            num, den = smooth_field(num, 3, 1), smooth_field(den, 3, 1)
+        v = torch.where(valid[..., None], v, num / den.clamp(min=1e-6))
+    v = smooth_field(v, 3, smooth)
     for c in coeffs:
         diff = ((D.view(-1, 1, 1, 1, 3) - v[None]) ** 2).sum(-1) / float(step * step)
         idx = (costs + c * diff).argmin(0)
-        v = smooth_field(D[idx], 3, 2)
+        v = smooth_field(D[idx], 3, smooth)
     shape = tuple(fix.shape[1:])
     return F.interpolate(v.permute(3, 0, 1, 2)[None], size=shape, mode="trilinear", align_corners=False)[0].permute(
         1, 2, 3, 0

@@ -40,9 +40,13 @@ class RegistrationConfig:
     coarse_radius: int = 3  # coarse discrete search: +- radius coarse voxels
     fine_radius: int = 2
     adam_iters: int = 120
-    adam_ctrl: int = 2  # Adam control grid spacing in deformable-level voxels
+    adam_ctrl: int = 0  # Adam control grid spacing in deformable-level voxels (0: from adam_ctrl_mm)
+    adam_ctrl_mm: float = 4.0  # used when adam_ctrl == 0: rounded to whole level voxels (2 at 0.5 mm)
     adam_lambda: float = 0.1
     adam_lr: float = 0.3
+    adam_smooth: int = 2  # 3^3 box passes over the Adam control grid
+    coarse_smooth: int = 2  # 3^3 box passes per coupling step of the coarse (4 mm) discrete search
+    discrete_fill: bool = False  # extrapolate discrete displacements into unsupported cells (else 0)
     threads: int = 2
     deformable: bool = True
     rigid: bool = True
@@ -262,17 +266,23 @@ def register_pair(
         # discrete: a wide search on the coarse level, then a fine +-radius search on top
         Tc = torch.from_numpy(scale_transform(T, 1.0, cf)).float()
         movs_cw = [warp_affine(m, Tc) for m in movs_c]
-        v_c = discrete_convex(fix_c, movs_cw, w_c, radius=cfg.coarse_radius, step=1, block=1, pool=3)
+        v_c = discrete_convex(
+            fix_c, movs_cw, w_c, radius=cfg.coarse_radius, step=1, block=1, pool=3, fill=cfg.discrete_fill,
+            smooth=cfg.coarse_smooth,
+        )
         v_f = resize_field(v_c, lshape)
         stages["coarse"] = v_f.clone()
         info["t_coarse_discrete_s"] = time.perf_counter() - t0
         movs_fw2 = [warp_volume(m, v_f, padding="border") for m in movs_fw]
-        v2 = discrete_convex(fix_f, movs_fw2, w_f, radius=cfg.fine_radius, step=1, block=2)
+        v2 = discrete_convex(fix_f, movs_fw2, w_f, radius=cfg.fine_radius, step=1, block=2, fill=cfg.discrete_fill)
         v_f = v2 + warp_volume(v_f.permute(3, 0, 1, 2), v2, padding="border").permute(1, 2, 3, 0)
         stages["fine"] = v_f.clone()
         info["t_fine_discrete_s"] = time.perf_counter() - t0
+        ctrl = cfg.adam_ctrl or max(1, int(round(cfg.adam_ctrl_mm / float(sp.mean() * ff))))
+        info["adam_ctrl"] = ctrl
         v_f = adam_refine(
-            fix_f, movs_fw, w_f, v_f, iters=cfg.adam_iters, lam=cfg.adam_lambda, lr=cfg.adam_lr, ctrl=cfg.adam_ctrl
+            fix_f, movs_fw, w_f, v_f, iters=cfg.adam_iters, lam=cfg.adam_lambda, lr=cfg.adam_lr, ctrl=ctrl,
+            smooth=cfg.adam_smooth,
         )
         info["t_adam_s"] = time.perf_counter() - t0
         v_f, info["unfold_passes"] = unfold(v_f, cfg.min_jacobian)
