@@ -49,7 +49,7 @@ class TrainConfig:
     input_hw: tuple[int, int] = (96, 128)
     epochs: int = 10
     batch_size: int = 0  # 0: method default (16 pairs for two-frame, 4 windows for sequence)
-    lr: float = 0.0  # 0: method default (1e-4 two-frame as the baseline, 3e-4 sequence)
+    lr: float = 0.0  # 0: method default (1e-4 two-frame and frame-input sequence, 5e-4 feature-input sequence)
     seed: int = 0
     val_fraction: float = 0.2
     steps_per_epoch: int = 0  # 0: a full pass over the training samples
