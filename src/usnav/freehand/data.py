@@ -73,9 +73,11 @@ def scan_features(dataset: TusrecDataset, ref: ScanRef, frames, cache_dir: str |
     feats = feature_vectors(pair_features(frames, dataset.calibration.T_mm_from_pixel))
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp.npy")
-        np.save(tmp, feats)
-        tmp.replace(target)
+        from usnav.io.atomic import atomic_path
+
+        # a private temporary name per process: DDP ranks may fill the same cache at once
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, feats)
     return feats
 
 
