@@ -17,18 +17,7 @@ import numpy as np
 import torch
 
 from .models import SequenceNet, TwoFrameNet, build_model, downsample_frames, matrix_from_params_deg
-try:
-    from usnav.geometry.tracking import chain_local
-except ImportError:  # vendored into a submission folder without usnav
-    def chain_local(T_prev_from_current):
-        """Globals (N-1, 4, 4) from locals: G[n] = L[1] @ ... @ L[n]."""
-        L = np.asarray(T_prev_from_current, dtype=np.float64)
-        out = np.empty_like(L)
-        acc = np.eye(4)
-        for i in range(len(L)):
-            acc = acc @ L[i]
-            out[i] = acc
-        return out
+from .decorrelation import chain_local  # usnav.geometry.tracking.chain_local, or its vendored fallback
 
 __all__ = ["chain_local", "load_model", "predict_scan", "predict_transforms", "prepare_frames", "identity_transforms"]
 
