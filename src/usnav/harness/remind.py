@@ -32,6 +32,7 @@ import numpy as np
 
 from usnav import __version__
 from usnav.errors import InputError, input_error
+from usnav.io.json_file import read_json
 
 __all__ = ["expected_pairs", "read_runtimes", "check_displacement_file", "evaluate_remind", "RESULTS_JSON"]
 
@@ -65,12 +66,7 @@ def read_runtimes(path: str | Path, disp_names: list[str]) -> dict[str, float]:
     path = Path(path)
     if not path.is_file():
         raise input_error(path, "runtime file not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise input_error(path, "is not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise input_error(path, f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise input_error(path, "must hold a JSON object mapping each pair (displacement file name) to seconds")
     out: dict[str, float] = {}

@@ -38,6 +38,7 @@ import numpy as np
 
 from usnav.errors import input_error
 from usnav.io.atomic import atomic_path
+from usnav.io.json_file import read_json
 
 __all__ = [
     "DATASET_JSON",
@@ -419,10 +420,7 @@ def open_dataset(root: str | Path) -> Dataset:
     pairs: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
     seen: set[tuple[Path, Path]] = set()
     if jpath.is_file():
-        try:
-            meta = json.loads(jpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise input_error(jpath, f"is not valid JSON ({exc})") from exc
+        meta = read_json(jpath)
         if not isinstance(meta, dict):
             raise input_error(jpath, "top level must be a JSON object")
         for key, split in (

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from usnav.errors import input_error
+from usnav.io.json_file import read_json
 
 __all__ = ["load_results_json", "competition_ranks", "check_unique_teams"]
 
@@ -29,12 +29,7 @@ def load_results_json(path: str | Path, default_name: str = "results.json") -> t
         fallback = path.resolve().parent.name if path.name == default_name else path.name.split(".")[0]
     else:
         raise input_error(path, "results file or folder not found")
-    try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise input_error(file, "is not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise input_error(file, f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    doc = read_json(file)
     if not isinstance(doc, dict):
         raise input_error(file, "must hold a JSON object")
     team = doc.get("team")
