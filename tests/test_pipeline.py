@@ -62,6 +62,19 @@ def test_cli_pipeline_bad_inputs_exit_2(tmp_path, capsys):
     assert "unknown sweep format" in capsys.readouterr().err
 
 
+def test_load_mri_truncated_or_missing_is_one_sentence(tmp_path):
+    from usnav.io.nifti import write_nifti
+
+    path = tmp_path / "t1.nii.gz"
+    write_nifti(path, np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), np.eye(4))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"t1\.nii\.gz: cannot be read as NIfTI \(EOFError"):
+        st.load_mri(path)
+    with pytest.raises(InputError, match="file does not exist"):
+        st.load_mri(tmp_path / "absent.nii.gz")
+
+
 # ----------------------------------------------------------------- end to end on a small phantom
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from usnav import __version__
 from usnav.errors import InputError, input_error
 from usnav.io.json_file import read_json
+from usnav.io.nifti import open_nifti
 
 __all__ = ["expected_pairs", "read_runtimes", "check_displacement_file", "evaluate_remind", "RESULTS_JSON"]
 
@@ -83,27 +84,13 @@ def read_runtimes(path: str | Path, disp_names: list[str]) -> dict[str, float]:
 
 def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine of a NIfTI image from its header (no voxel data read)."""
-    import nibabel as nib
-
-    if not path.is_file():
-        raise input_error(path, "file not found")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types
-        raise input_error(path, f"cannot be read as NIfTI ({exc.__class__.__name__}: {exc})") from None
+    img = open_nifti(path)
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64)
 
 
 def check_displacement_file(path: Path, fixed_shape: tuple[int, int, int], fixed_affine: np.ndarray) -> None:
     """Header checks of one displacement file: shape fixed grid + (3,), float32, fixed affine."""
-    import nibabel as nib
-
-    if not path.is_file():
-        raise input_error(path, "displacement field missing from the submission")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:
-        raise input_error(path, f"cannot be read as NIfTI ({exc.__class__.__name__}: {exc})") from None
+    img = open_nifti(path, missing="displacement field missing from the submission")
     expected = (*fixed_shape, 3)
     if tuple(img.shape) != expected:
         raise input_error(path, f"has shape {tuple(img.shape)}, expected {expected} (the fixed image grid + 3 channels)")

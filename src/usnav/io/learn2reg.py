@@ -39,6 +39,7 @@ import numpy as np
 from usnav.errors import input_error
 from usnav.io.atomic import atomic_path
 from usnav.io.json_file import read_json
+from usnav.io.nifti import nifti_array, open_nifti
 
 __all__ = [
     "DATASET_JSON",
@@ -137,16 +138,9 @@ def read_volume(path: str | Path, dtype: type | None = np.float32) -> Volume:
     Returns a :class:`Volume` with the stored array (X, Y, Z) (cast to
     ``dtype`` unless None) and the sform/qform affine as stored.
     """
-    import nibabel as nib
-
     p = Path(path)
-    if not p.is_file():
-        raise input_error(p, "file not found")
-    try:
-        img = nib.load(str(p))
-        arr = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types
-        raise input_error(p, f"cannot be read as NIfTI ({exc.__class__.__name__}: {exc})") from exc
+    img = open_nifti(p)
+    arr = nifti_array(img, p)
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:
@@ -181,16 +175,9 @@ def write_displacement(path: str | Path, disp_vox: np.ndarray, affine: np.ndarra
 
 def read_displacement(path: str | Path, shape: tuple[int, int, int] | None = None) -> Volume:
     """Read a displacement field (X, Y, Z, 3) float32 voxel units; check its shape (and NaNs)."""
-    import nibabel as nib
-
     p = Path(path)
-    if not p.is_file():
-        raise input_error(p, "displacement field not found")
-    try:
-        img = nib.load(str(p))
-        arr = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:
-        raise input_error(p, f"cannot be read as NIfTI ({exc.__class__.__name__}: {exc})") from exc
+    img = open_nifti(p, missing="displacement field not found")
+    arr = nifti_array(img, p, dtype=np.float32)
     if arr.ndim == 5 and arr.shape[3] == 1:  # (X,Y,Z,1,3) NIfTI vector convention
         arr = arr[:, :, :, 0, :]
     if arr.ndim != 4 or arr.shape[3] != 3:

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from usnav.errors import input_error
 from usnav.io.atomic import atomic_path
 
-__all__ = ["LPS_TO_RAS", "write_nifti", "read_nifti"]
+__all__ = ["LPS_TO_RAS", "write_nifti", "read_nifti", "open_nifti", "nifti_array"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -57,18 +57,38 @@ def write_nifti(
     return target
 
 
-def read_nifti(path: str | Path, world: str = "lps") -> tuple[np.ndarray, NDArray[np.float64]]:
-    """Read a NIfTI file: ``(array [i, j, k], T_world_from_voxel)`` with the
-    world in the requested convention."""
+def open_nifti(path: str | Path, missing: str = "file not found"):
+    """The nibabel image of a NIfTI file, header parsed and no voxel data read;
+    InputError ``"<path>: <missing>"`` when the file is absent, or one sentence
+    when nibabel cannot parse it."""
     import nibabel as nib
 
     p = Path(path)
-    if not p.exists():
-        raise input_error(p, "file does not exist")
+    if not p.is_file():
+        raise input_error(p, missing)
     try:
-        img = nib.load(str(p))
-    except Exception as exc:  # nibabel raises several types
-        raise input_error(p, f"is not a readable NIfTI file ({exc})") from None
+        return nib.load(str(p))
+    except Exception as exc:  # nibabel raises many types
+        raise _unreadable(p, exc) from None
+
+
+def nifti_array(img, path: str | Path, dtype: type | None = None) -> np.ndarray:
+    """The voxel data of an image from :func:`open_nifti` (cast to ``dtype``
+    unless None); a truncated or corrupt file is one InputError sentence."""
+    try:
+        return np.asanyarray(img.dataobj) if dtype is None else np.asarray(img.dataobj, dtype=dtype)
+    except Exception as exc:  # gzip, EOF and nibabel errors
+        raise _unreadable(Path(path), exc) from None
+
+
+def _unreadable(path: Path, exc: Exception):
+    return input_error(path, f"cannot be read as NIfTI ({exc.__class__.__name__}: {exc})")
+
+
+def read_nifti(path: str | Path, world: str = "lps") -> tuple[np.ndarray, NDArray[np.float64]]:
+    """Read a NIfTI file: ``(array [i, j, k], T_world_from_voxel)`` with the
+    world in the requested convention."""
+    img = open_nifti(path, missing="file does not exist")
     affine = np.asarray(img.affine, dtype=np.float64)
     T = LPS_TO_RAS @ affine if world == "lps" else affine
-    return np.asanyarray(img.dataobj), T
+    return nifti_array(img, path), T
