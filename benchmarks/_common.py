@@ -42,6 +42,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def print_rows(title: str, rows: list[tuple[str, object]]) -> None:
+    """Print a title and (quantity, value) rows as an aligned two-column table."""
+    width = max(len(k) for k, _ in rows)
+    print(title)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
 def save_results(name: str, payload: dict) -> Path:
     """Write ``benchmarks/results/<name>.json`` (config, results, machine)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save_results  # noqa: E402
+from _common import print_rows, save_results  # noqa: E402
 from tusrec_scoring import build  # noqa: E402
 
 SUBMISSION = r'''
@@ -85,10 +85,7 @@ def main() -> None:
             ("submission peak RSS MB", f"{result['child_peak_rss_mb']:.0f}"),
             ("max rel. diff vs tusrec score", f"{result['max_rel_diff_vs_score']:.2e}"),
             ("score", f"{scan['score']:.4f}")]
-    width = max(len(k) for k, _ in rows)
-    print("TUS-REC submission harness benchmark")
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
+    print_rows("TUS-REC submission harness benchmark", rows)
     path = save_results("harness_tusrec", {"config": vars(args), "results": {"build_seconds": build_s, **result}})
     print(f"saved {path}")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save_results  # noqa: E402
+from _common import print_rows, save_results  # noqa: E402
 
 RUNNER = r"""
 import json, resource, sys, time
@@ -82,10 +82,7 @@ def main() -> None:
             ("peak RSS MB", f"{result['peak_rss_mb']:.0f}"),
             ("mean TRE / initial mm", f"{result['summary']['tre_mm']:.2f} / {result['summary']['tre_initial_mm']:.2f}"),
             ("mean SDlogJ", f"{result['summary']['sdlogj']:.3f}")]
-    width = max(len(k) for k, _ in rows)
-    print("ReMIND2Reg evaluation benchmark")
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
+    print_rows("ReMIND2Reg evaluation benchmark", rows)
     path = save_results("remind_evaluation", {"config": vars(args), "results": {"build_seconds": build_s, **result}})
     print(f"saved {path}")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save_results  # noqa: E402
+from _common import print_rows, save_results  # noqa: E402
 
 SCORER = r"""
 import json, resource, sys, time
@@ -84,10 +84,7 @@ def main() -> None:
             ("scoring peak RSS MB", f"{result['peak_rss_mb']:.0f}"),
             ("GPE / GLE mm", f"{scan['GPE']:.3f} / {scan['GLE']:.3f}"),
             ("LPE / LLE mm", f"{scan['LPE']:.4f} / {scan['LLE']:.4f}"), ("score", f"{scan['score']:.4f}")]
-    width = max(len(k) for k, _ in rows)
-    print("TUS-REC scoring benchmark (goal: < 20 s, < 1500 MB)")
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
+    print_rows("TUS-REC scoring benchmark (goal: < 20 s, < 1500 MB)", rows)
     path = save_results("tusrec_scoring", {
         "config": vars(args) | {"keep": str(args.keep) if args.keep else None},
         "results": {"build_seconds": build_s, "score_seconds": result["seconds"],
