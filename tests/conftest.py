@@ -25,6 +25,17 @@ def plus_dir() -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, restored afterwards (small models; the machine is shared)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

@@ -15,12 +15,7 @@ from conftest import calibration_example, make_tusrec_dataset
 from usnav.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _scores(data: Path, pred: Path):
