@@ -426,17 +426,16 @@ def run_evaluation(
     batch = dataclasses.replace(batch, resources=Resources.for_device(device, cpus=batch.resources.cpus),
                                 description=batch.description if batch.description != "cases" else "evaluating")
 
+    # what decides a scan's result; the work folder does not
+    settings = {"submission": str(submission), "submission_sha256": digest, "device": device,
+                "time_limit_s": float(time_limit_s), "memory_limit_gb": float(memory_limit_gb)}
     cases = []
     for truth in truths:
         ref = truth.ref
-        settings = {"submission": str(submission), "device": device, "time_limit_s": float(time_limit_s),
-                    "memory_limit_gb": float(memory_limit_gb)}
-        payload = {**settings, "submission_sha256": digest, "work_dir": None if work_dir is None else str(work_dir),
-                   "key": ref.key, "subject": ref.subject, "scan": ref.scan,
-                   "frames_path": str(ds.frames_path(ref).resolve()), "calib_path": calib_path, "S": S,
-                   "truth": truth}
-        h = hashlib.sha256(json.dumps({**settings, "submission_sha256": digest, "key": ref.key,
-                                       "frames_path": payload["frames_path"]}, sort_keys=True).encode())
+        frames_path = str(ds.frames_path(ref).resolve())
+        payload = {**settings, "work_dir": None if work_dir is None else str(work_dir), "frames_path": frames_path,
+                   "calib_path": calib_path, "S": S, "truth": truth}
+        h = hashlib.sha256(json.dumps({**settings, "key": ref.key, "frames_path": frames_path}, sort_keys=True).encode())
         for arr in (S, truth.landmarks, truth.true_global, truth.true_local):
             h.update(np.ascontiguousarray(arr).tobytes())
         cases.append(Case(ref.key, payload, fingerprint=h.hexdigest()))
