@@ -179,6 +179,15 @@ def _summary(rs: list[dict]) -> dict:
     return out
 
 
+def _usnav_settings() -> dict:
+    """The RegistrationConfig defaults the usnav rows ran with (threads aside)."""
+    from dataclasses import asdict
+
+    from usnav.register.pipeline import RegistrationConfig
+
+    return {k: v for k, v in asdict(RegistrationConfig()).items() if k != "threads"}
+
+
 def _write(args, rows, skipped, sim_info, load_start, version, partial: bool) -> None:
     summ = {m: _summary(rs) for m, rs in rows.items()}
     shift = [v["shift_stats"] for v in sim_info.values()]
@@ -187,7 +196,8 @@ def _write(args, rows, skipped, sim_info, load_start, version, partial: bool) ->
         "partial": partial,
         "usnav_version": version,
         "config": {"cases": args.cases, "first_case": args.first_case, "seed": args.seed, "methods": args.methods,
-                   "grid": [256, 256, 256], "spacing_mm": 0.5, "threads": args.threads},
+                   "grid": [256, 256, 256], "spacing_mm": 0.5, "threads": args.threads,
+                   "usnav_registration": _usnav_settings()},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "torch_threads": args.threads, "loadavg_start": list(load_start), "loadavg_end": list(_load(None))},
         "brain_shift_truth": {"mean_mm": float(np.mean([s["mean_mm"] for s in shift])) if shift else None,

@@ -42,11 +42,11 @@ class RegistrationConfig:
     adam_iters: int = 120
     adam_ctrl: int = 0  # Adam control grid spacing in deformable-level voxels (0: from adam_ctrl_mm)
     adam_ctrl_mm: float = 4.0  # used when adam_ctrl == 0: rounded to whole level voxels (2 at 0.5 mm)
-    adam_lambda: float = 0.1
+    adam_lambda: float = 0.05
     adam_lr: float = 0.3
-    adam_smooth: int = 2  # 3^3 box passes over the Adam control grid
+    adam_smooth: int = 3  # 3^3 box passes over the Adam control grid
     coarse_smooth: int = 2  # 3^3 box passes per coupling step of the coarse (4 mm) discrete search
-    discrete_fill: bool = False  # extrapolate discrete displacements into unsupported cells (else 0)
+    discrete_fill: bool = True  # extrapolate discrete displacements into unsupported cells (else 0)
     threads: int = 2
     deformable: bool = True
     rigid: bool = True
