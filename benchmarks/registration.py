@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,17 @@ def _load(p):
 THREADS = {"n": 1}
 
 
-def run_usnav(fix, movs, sp):
-    from usnav.register.pipeline import RegistrationConfig, register_pair
+def _usnav_config():
+    """The one RegistrationConfig the usnav rows run with (also written to the JSON)."""
+    from usnav.register.pipeline import RegistrationConfig
 
-    res = register_pair(fix, movs, sp, config=RegistrationConfig(threads=THREADS["n"]))
-    return res.disp_vox
+    return RegistrationConfig(threads=THREADS["n"])
+
+
+def run_usnav(fix, movs, sp):
+    from usnav.register.pipeline import register_pair
+
+    return register_pair(fix, movs, sp, config=_usnav_config()).disp_vox
 
 
 def run_convexadam(fix, movs, sp):
@@ -179,15 +186,6 @@ def _summary(rs: list[dict]) -> dict:
     return out
 
 
-def _usnav_settings() -> dict:
-    """The RegistrationConfig defaults the usnav rows ran with (threads aside)."""
-    from dataclasses import asdict
-
-    from usnav.register.pipeline import RegistrationConfig
-
-    return {k: v for k, v in asdict(RegistrationConfig()).items() if k != "threads"}
-
-
 def _write(args, rows, skipped, sim_info, load_start, version, partial: bool) -> None:
     summ = {m: _summary(rs) for m, rs in rows.items()}
     shift = [v["shift_stats"] for v in sim_info.values()]
@@ -197,7 +195,7 @@ def _write(args, rows, skipped, sim_info, load_start, version, partial: bool) ->
         "usnav_version": version,
         "config": {"cases": args.cases, "first_case": args.first_case, "seed": args.seed, "methods": args.methods,
                    "grid": [256, 256, 256], "spacing_mm": 0.5, "threads": args.threads,
-                   "usnav_registration": _usnav_settings()},
+                   "usnav_registration": {k: v for k, v in asdict(_usnav_config()).items() if k != "threads"}},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "torch_threads": args.threads, "loadavg_start": list(load_start), "loadavg_end": list(_load(None))},
         "brain_shift_truth": {"mean_mm": float(np.mean([s["mean_mm"] for s in shift])) if shift else None,
