@@ -201,3 +201,92 @@ def test_feature_windows_and_mirrored_labels(tiny_data: Path, tmp_path: Path):
     np.testing.assert_allclose(mirrored["local"][0].numpy(), M @ plain["local"][0].numpy() @ M, atol=1e-12)
     np.testing.assert_allclose(mirrored["window_global"][0].numpy(), M @ plain["window_global"][0].numpy() @ M,
                                atol=1e-12)
+
+
+def _feature_net(n_features: int, **kw):
+    from usnav.freehand.models import SequenceConfig, SequenceNet
+
+    torch.manual_seed(0)
+    net = SequenceNet(SequenceConfig(input="features", n_features=n_features, feature_dim=12, hidden=6, layers=2,
+                                     window=8, **kw)).eval()
+    for head in (net.local_head, net.global_head):  # the heads start at zero: give them weights
+        torch.nn.init.normal_(head.weight, std=0.3)
+    return net
+
+
+def test_padded_windows_equal_the_unpadded_ones():
+    """A window shorter than the batch's length, zero-padded at the end, gives exactly the outputs of
+    the same window alone (packed GRUs: neither direction sees the padding); padded outputs are 0."""
+    net = _feature_net(5)
+    x = torch.randn(2, 9, 5)
+    with torch.no_grad():
+        alone_local, alone_glob = net(x[1:, :6])
+        full_local, full_glob = net(x[:1])
+        padded = x.clone()
+        padded[1, 6:] = 0.0
+        local, glob = net(padded, torch.tensor([9, 6]))
+    torch.testing.assert_close(local[1, :6], alone_local[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(glob[1, :6], alone_glob[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(local[0], full_local[0], atol=1e-6, rtol=1e-5)
+    assert float(local[1, 6:].abs().max()) == 0.0 and float(glob[1, 6:].abs().max()) == 0.0
+
+
+def test_whole_scan_inference_and_frame_index_input():
+    """infer_window=0 runs the whole scan through the model in one pass; a frame-index model gets
+    each pair's index in the scan / 1000 as its last input."""
+    from usnav.freehand.infer import predict_transforms, with_frame_index
+    from usnav.freehand.models import matrix_from_params_deg
+
+    feats = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    np.testing.assert_array_equal(with_frame_index(feats, 7)[:, -1], (7 + np.arange(40, dtype=np.float32)) / 1000)
+    net = _feature_net(5, infer_window=0, frame_index_input=True)
+    _, L = predict_transforms(net, feats)
+    with torch.no_grad():
+        local, _ = net(torch.from_numpy(with_frame_index(feats))[None])
+    np.testing.assert_allclose(L, matrix_from_params_deg(local[0].double()).numpy(), atol=1e-6)
+    windowed = _feature_net(5, frame_index_input=True)  # infer_window -1: overlapping windows of 8
+    _, L8 = predict_transforms(windowed, feats)
+    assert np.abs(L8 - L).max() > 1e-4  # the windows do see less context
+
+
+def test_start_p_frame_index_and_short_scan_padding(tmp_path: Path):
+    """start_p=1 moves every window to the scan's first frame; a scan shorter than the window
+    (min_frames) gives one padded window with identity labels after its last real pair."""
+    from usnav.freehand.data import load_scans, make_batch, window_index
+    from usnav.io.tusrec import open_dataset
+
+    root = tmp_path / "data"
+    make_tusrec_dataset(root, n_frames=12, frame_shape=(24, 32))
+    ds = open_dataset(root)
+    scans = load_scans(ds, ds.scans[:2], (16, 16), features=True)
+    with pytest.raises(ValueError):
+        window_index(scans, 20, 4)
+    samples = window_index(scans, 20, 4, min_frames=8)
+    np.testing.assert_array_equal(samples, [[0, 0], [1, 0]])
+    b = make_batch(scans, samples, 21, np.random.default_rng(0), 0.0, 3, frame_index=True)
+    assert b["frames"].shape[:2] == (2, 20) and b["lengths"].tolist() == [11, 11]
+    np.testing.assert_allclose(b["frames"][0, :11, -1].numpy(), np.arange(11) / 1000, atol=1e-7)
+    assert float(b["frames"][0, 11:].abs().max()) == 0.0
+    np.testing.assert_allclose(b["local"][0, 11:].numpy(), np.broadcast_to(np.eye(4), (9, 4, 4)), atol=1e-7)
+    long_scans = load_scans(ds, ds.scans[:1], (16, 16), features=True)
+    moved = make_batch(long_scans, np.array([[0, 5]]), 4, np.random.default_rng(0), 0.0, 3, start_p=1.0,
+                       frame_index=True)
+    np.testing.assert_allclose(moved["frames"][0, :, -1].numpy(), np.arange(3) / 1000, atol=1e-7)
+    kept = make_batch(long_scans, np.array([[0, 5]]), 4, np.random.default_rng(0), 0.0, 3, frame_index=True)
+    np.testing.assert_allclose(kept["frames"][0, :, -1].numpy(), (5 + np.arange(3)) / 1000, atol=1e-7)
+
+
+def test_train_with_protocol_sign_options(tiny_data: Path, tmp_path: Path):
+    """Training with the whole-scan options (no mirroring, windows from the scan start, frame index,
+    padded short scans) runs, saves them in the model config and predicts whole scans."""
+    from usnav.freehand.infer import load_model, predict_transforms
+
+    cfg = TrainConfig(method="sequence", epochs=1, **{**TINY, "window": 20}, mirror_p=0.0, start_p=0.5,
+                      frame_index_input=True, infer_window=0, min_frames=8,
+                      model_overrides={"feature_dim": 16, "hidden": 8, "layers": 1})
+    train([tiny_data], tmp_path / "run", cfg, show_progress=False)
+    model, config = load_model(tmp_path / "run" / "last")
+    m = config["model"]
+    assert m["infer_window"] == 0 and m["frame_index_input"] and m["n_features"] == model.feature_mean.numel()
+    G, L = predict_transforms(model, np.zeros((15, m["n_features"] - 1), np.float32))
+    assert G.shape == (15, 4, 4) and np.isfinite(G).all()

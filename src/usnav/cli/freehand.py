@@ -50,6 +50,11 @@ def train_cmd(
     window: int = typer.Option(32, help="sequence: local transforms per training window."),
     window_stride: int = typer.Option(8, help="sequence: frames between the starts of training windows."),
     preset: str = typer.Option("lite", help="two-frame network: lite (CPU) or b1 (EfficientNet-B1 widths)."),
+    mirror_p: float = typer.Option(0.5, help="sequence: probability of z-mirroring a window's labels (0: learn the protocol's signs)."),
+    start_p: float = typer.Option(0.0, help="sequence: probability that a training window starts at the scan's first frame."),
+    frame_index: bool = typer.Option(False, "--frame-index/--no-frame-index", help="sequence: each pair's index in the scan as an input."),
+    infer_window: int = typer.Option(-1, help="sequence: pairs per inference pass (-1: --window, overlapping; 0: the whole scan)."),
+    min_frames: int = typer.Option(0, help="sequence: scans shorter than a window but this long give one padded window (0: skipped)."),
     threads: int = typer.Option(0, help="torch CPU threads per process (0: leave torch's default)."),
 ) -> None:
     """Train a pose network (single process, or DDP under torchrun)."""
@@ -63,6 +68,11 @@ def train_cmd(
         raise InputError(f"--preset must be lite or b1, got {preset!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    for name, p in (("--mirror-p", mirror_p), ("--start-p", start_p)):
+        if not 0.0 <= p <= 1.0:
+            raise InputError(f"{name} must be a probability in [0, 1], got {p}")
+    if infer_window < -1 or min_frames < 0:
+        raise InputError(f"--infer-window must be >= -1 and --min-frames >= 0, got {infer_window} and {min_frames}")
     for d in data:
         if not d.is_dir():
             raise InputError(f"{d}: data set folder not found")
@@ -71,7 +81,8 @@ def train_cmd(
     cfg = TrainConfig(method=method, input_hw=_parse_hw(frame_size), epochs=epochs, batch_size=batch_size, lr=lr,
                       seed=seed, val_fraction=val_fraction, steps_per_epoch=steps_per_epoch,
                       checkpoint_every=checkpoint_every, max_minutes=max_minutes, window=window,
-                      window_stride=window_stride, preset=preset)
+                      window_stride=window_stride, preset=preset, mirror_p=mirror_p, start_p=start_p,
+                      frame_index_input=frame_index, infer_window=infer_window, min_frames=min_frames)
     from rich.console import Console
 
     console = Console(stderr=True)

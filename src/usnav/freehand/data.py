@@ -147,12 +147,18 @@ def pair_index(scans: Sequence[CachedScan]) -> np.ndarray:
                            for i, s in enumerate(scans)])
 
 
-def window_index(scans: Sequence[CachedScan], window: int, stride: int) -> np.ndarray:
-    """(M, 2) samples (scan, start) of windows of ``window + 1`` frames starting every ``stride`` frames."""
+def window_index(scans: Sequence[CachedScan], window: int, stride: int, min_frames: int = 0) -> np.ndarray:
+    """(M, 2) samples (scan, start) of windows of ``window + 1`` frames starting every ``stride`` frames.
+
+    min_frames > 0: a scan shorter than a window but with at least ``min_frames`` frames gives one
+    window starting at 0 (padded by :func:`make_batch`, features only).
+    """
     rows = []
     for i, s in enumerate(scans):
         last = s.n_frames - window - 1
         if last < 0:
+            if min_frames and s.n_frames >= min_frames:
+                rows.append(np.array([[i, 0]]))
             continue
         starts = np.arange(0, last + 1, stride)
         if starts[-1] != last:
@@ -165,7 +171,7 @@ def window_index(scans: Sequence[CachedScan], window: int, stride: int) -> np.nd
 
 def make_batch(
     scans: Sequence[CachedScan], samples: np.ndarray, length: int, rng: np.random.Generator, reverse_p: float = 0.5,
-    n_points: int = 2, mirror_p: float = 0.0,
+    n_points: int = 2, mirror_p: float = 0.0, start_p: float = 0.0, frame_index: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A batch of windows of ``length`` frames (length 2 = adjacent pairs).
 
@@ -174,14 +180,31 @@ def make_batch(
     Returns frames (B, length, h, w) float32 in [0, 1]; local (B, length-1, 4, 4)
     frame t+1 -> frame t; window_global (B, length-1, 4, 4) frame t+1 -> frame 0
     of the window (both float64, image-mm); points (B, 4, P) float64.
+
+    Pair features (scans with ``features``): no time reversal; with probability
+    ``start_p`` a window starts at the scan's first frame instead; ``frame_index``
+    appends each pair's index in the scan / 1000; a scan shorter than ``length``
+    is padded at the end (identity labels) and ``lengths`` (B,) gives the real pairs.
     """
-    frames, local, glob, points = [], [], [], []
+    frames, local, glob, points, lengths = [], [], [], [], []
     for scan_i, start in samples:
         s = scans[int(scan_i)]
-        idx = np.arange(int(start), int(start) + length)
         if s.features is not None:  # pair features of pairs (idx[k], idx[k+1]); no time reversal
-            frames.append(s.features[idx[:-1]])
+            if start_p > 0 and rng.random() < start_p:
+                start = 0
+            n_real = min(length, s.n_frames - int(start))
+            idx = np.arange(int(start), int(start) + n_real)
+            f = s.features[idx[:-1]]
+            if frame_index:
+                from usnav.freehand.infer import with_frame_index
+
+                f = with_frame_index(f, int(start))
+            f = np.concatenate([f, np.zeros((length - n_real, f.shape[1]), f.dtype)])
+            frames.append(f)
+            lengths.append(n_real - 1)
+            idx = np.concatenate([idx, np.full(length - n_real, idx[-1])])  # padding: the probe rests
         else:
+            idx = np.arange(int(start), int(start) + length)
             if rng.random() < reverse_p:
                 idx = idx[::-1]
             frames.append(s.frames[idx])
@@ -194,13 +217,16 @@ def make_batch(
         local.append(invert(P[:-1]) @ P[1:])
         glob.append(invert(P[0]) @ P[1:])
         points.append(s.points(n_points))
-    return {
+    batch = {
         "frames": torch.from_numpy(np.stack(frames)).float() if scans[int(samples[0][0])].features is not None
         else torch.from_numpy(np.stack(frames)).float().div_(255.0),
         "local": torch.from_numpy(np.stack(local)),
         "window_global": torch.from_numpy(np.stack(glob)),
         "points": torch.stack(points),
     }
+    if lengths:
+        batch["lengths"] = torch.tensor(lengths, dtype=torch.int64)
+    return batch
 
 
 def open_training_data(root: str | Path) -> TusrecDataset:

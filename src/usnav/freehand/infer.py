@@ -19,7 +19,8 @@ import torch
 from .models import SequenceNet, TwoFrameNet, build_model, downsample_frames, matrix_from_params_deg
 from .decorrelation import chain_local  # usnav.geometry.tracking.chain_local, or its vendored fallback
 
-__all__ = ["chain_local", "load_model", "predict_scan", "predict_transforms", "prepare_frames", "identity_transforms"]
+__all__ = ["chain_local", "load_model", "predict_scan", "predict_transforms", "prepare_frames", "identity_transforms",
+           "with_frame_index"]
 
 Progress = Callable[[int], None] | None
 
@@ -58,12 +59,23 @@ def _to_input(small: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(small).to(device=device, dtype=torch.float32).div_(255.0)
 
 
+def with_frame_index(feats: np.ndarray, start: int = 0) -> np.ndarray:
+    """Pair features (T, F) -> (T, F + 1): the last column is each pair's index in the scan / 1000
+    (``start`` = index of the first pair), the input of ``SequenceConfig.frame_index_input`` models."""
+    index_k = (start + np.arange(len(feats), dtype=np.float32)) / 1000.0
+    return np.concatenate([np.asarray(feats, dtype=np.float32), index_k[:, None]], axis=1)
+
+
 @torch.no_grad()
 def _predict_from_features(model: SequenceNet, feats: np.ndarray, device, progress: Progress = None):
-    """Locals from pair features (N-1, F): windows of ``cfg.window`` pairs overlapping by half; each
-    pair takes the output of the window in which it is most central; globals are the chained locals."""
+    """Locals from pair features (N-1, F): the whole scan in one pass (``cfg.infer_window == 0``), or
+    windows of ``cfg.window`` pairs overlapping by half, each pair taking the output of the window in
+    which it is most central; globals are the chained locals."""
+    if model.cfg.frame_index_input:
+        feats = with_frame_index(feats)
     n1 = len(feats)
-    T = min(model.cfg.window, n1)
+    span = model.cfg.window if model.cfg.infer_window < 0 else (model.cfg.infer_window or n1)
+    T = min(span, n1)
     starts = list(range(0, max(1, n1 - T + 1), max(1, T // 2)))
     if starts[-1] != n1 - T:
         starts.append(n1 - T)

@@ -201,7 +201,11 @@ class SequenceConfig:
     # "frames": a CNN encodes each pair of downsampled frames; "features": an MLP encodes the pair
     # measurements of usnav.freehand.decorrelation.feature_vectors (n_features per pair)
     input: str = "frames"
-    n_features: int = 0
+    n_features: int = 0  # inputs per pair (the pair features, plus 1 with ``frame_index_input``)
+    # pairs per inference pass: -1 = ``window`` (overlapping windows), 0 = the whole scan in one pass
+    infer_window: int = -1
+    # one more input per pair: its index in the scan / 1000 (the scan's start anchors the protocol's signs)
+    frame_index_input: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -255,8 +259,12 @@ class SequenceNet(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, T+1, h, w), or pair features (B, T, n_features) when ``cfg.input == "features"``."""
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, T+1, h, w), or pair features (B, T, n_features) when ``cfg.input == "features"``.
+
+        lengths: (B,) int, real pairs per window when shorter windows are padded at the end (features
+        only); the GRUs then never see the padding (packed sequences) and padded outputs are zero.
+        """
         if self.cfg.input == "features":
             feats = self.encoder((frames - self.feature_mean) / self.feature_std)
         else:
@@ -264,11 +272,22 @@ class SequenceNet(nn.Module):
             prev, cur = frames[:, :-1], frames[:, 1:]
             pairs = torch.stack([prev, cur, cur - prev], dim=2).reshape(B * (n - 1), 3, h, w)
             feats = self.encoder(pairs).reshape(B, n - 1, -1)
-        ctx, _ = self.gru(feats)
+        ctx = self._run_gru(self.gru, feats, lengths)
         local = self.local_head(ctx)
-        acc, _ = self.global_gru(torch.cat([ctx, local], dim=-1))
+        acc = self._run_gru(self.global_gru, torch.cat([ctx, local], dim=-1), lengths)
         glob = self.global_head(acc) + torch.cumsum(local, dim=1)  # residual on the summed local parameters
+        if lengths is not None:
+            valid = (torch.arange(local.shape[1], device=local.device)[None] < lengths.to(local.device)[:, None])
+            local, glob = local * valid[..., None], glob * valid[..., None]
         return local, glob
+
+    @staticmethod
+    def _run_gru(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if lengths is None or bool((lengths == x.shape[1]).all()):
+            return gru(x)[0]
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = gru(packed)
+        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
 
 
 # --------------------------------------------------------------------------- factory

@@ -52,9 +52,10 @@ def write_segments(
     refs = []
     for scan in names:
         scene, T_wi, tforms, _ = simulate_scan(config, subject, scan)
-        starts = np.sort(rng.choice(np.arange(0, n_frames - segment), size=segments, replace=False))
         if start is not None:
             starts = [start]
+        else:
+            starts = np.sort(rng.choice(np.arange(0, n_frames - segment), size=segments, replace=False))
         for a in starts:
             a = int(a)
             seg = slice(a, a + segment)

@@ -61,6 +61,10 @@ class TrainConfig:
     preset: str = "lite"  # two-frame network preset (lite | b1)
     clip_grad: float = 1.0  # gradient norm clipping (0: off)
     mirror_p: float = 0.5  # sequence features: probability of z-mirroring a window's labels (sign symmetry)
+    start_p: float = 0.0  # sequence features: probability that a training window starts at the scan's first frame
+    frame_index_input: bool = False  # sequence features: each pair's index in the scan as one more input
+    infer_window: int = -1  # sequence features: pairs per inference pass (-1: the training window, 0: whole scan)
+    min_frames: int = 0  # sequence features: scans shorter than a window but this long give one padded window
     sequence_input: str = "features"  # sequence: "features" (decorrelation pair features) or "frames" (pair CNN)
     feature_cache: str = ""  # folder caching the pair features of training scans ("" = RUN/feature_cache)
     model_overrides: dict = field(default_factory=dict)
@@ -85,7 +89,8 @@ def model_config(cfg: TrainConfig) -> dict:
         if cfg.sequence_input == "features":
             from usnav.freehand.decorrelation import N_FEATURES
 
-            m.update(n_features=N_FEATURES, global_mode="chain")
+            m.update(n_features=N_FEATURES + int(cfg.frame_index_input), global_mode="chain",
+                     infer_window=cfg.infer_window, frame_index_input=cfg.frame_index_input)
     else:
         raise InputError(f"--method must be one of {', '.join(METHODS_LEARNED)} to train, got {cfg.method!r}")
     m.update(cfg.model_overrides)
@@ -131,13 +136,24 @@ def compute_loss(model: torch.nn.Module, method: str, batch: dict[str, torch.Ten
         D = ((T - local_true[:, 0])[:, :3] @ points)
         loss = D.square().sum(1).mean()
         return loss, {"local_mm": float(D.detach().square().sum(1).sqrt().mean())}
-    local, glob = model(frames)
+    lengths = batch.get("lengths")
+    if lengths is None:
+        local, glob = model(frames)
+    else:  # padded windows: the losses count the real pairs only
+        local, glob = model(frames, lengths)
     L = matrix_from_params_deg(local)
     G = matrix_from_params_deg(glob)
     gtrue = batch["window_global"].to(device=device, dtype=torch.float32)
-    e_local = point_errors(L, local_true, points).mean()
-    e_chain = point_errors(_chain(L), gtrue, points).mean()
-    e_head = point_errors(G, gtrue, points).mean()
+
+    def mean(e: torch.Tensor) -> torch.Tensor:  # e (B, T, P)
+        if lengths is None:
+            return e.mean()
+        valid = (torch.arange(e.shape[1], device=e.device)[None] < lengths.to(e.device)[:, None]).to(e.dtype)
+        return (e * valid[..., None]).sum() / (valid.sum() * e.shape[-1])
+
+    e_local = mean(point_errors(L, local_true, points))
+    e_chain = mean(point_errors(_chain(L), gtrue, points))
+    e_head = mean(point_errors(G, gtrue, points))
     loss = e_local + 0.2 * e_chain + 0.2 * e_head
     return loss, {"local_mm": float(e_local.detach()), "chain_mm": float(e_chain.detach()),
                   "global_mm": float(e_head.detach())}
@@ -233,13 +249,16 @@ def train(
         samples = pair_index(train_scans)
         length, n_points = 2, 2
     else:
-        samples = window_index(train_scans, mcfg["window"], cfg.window_stride)
+        samples = window_index(train_scans, mcfg["window"], cfg.window_stride, cfg.min_frames if feats else 0)
         length, n_points = mcfg["window"] + 1, 3
 
     torch.manual_seed(cfg.seed)
     model = build_model(mcfg).to(device)
     if feats:  # input standardisation from the training scans' features
-        allf = np.concatenate([s.features for s in train_scans]).astype(np.float64)
+        from usnav.freehand.infer import with_frame_index
+
+        allf = np.concatenate([with_frame_index(s.features) if mcfg.get("frame_index_input") else s.features
+                               for s in train_scans]).astype(np.float64)
         with torch.no_grad():
             model.feature_mean.copy_(torch.from_numpy(allf.mean(0)))
             model.feature_std.copy_(torch.from_numpy(np.maximum(allf.std(0), 1e-3)))
@@ -288,7 +307,8 @@ def train(
             for step in range(first, steps):
                 rng = np.random.default_rng([cfg.seed, epoch, step, rank])
                 batch = make_batch(train_scans, samples[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]],
-                                   length, rng, cfg.reverse_p, n_points, cfg.mirror_p if feats else 0.0)
+                                   length, rng, cfg.reverse_p, n_points, cfg.mirror_p if feats else 0.0,
+                                   cfg.start_p if feats else 0.0, bool(feats and mcfg.get("frame_index_input")))
                 loss, parts = compute_loss(net, cfg.method, batch, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
