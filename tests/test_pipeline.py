@@ -172,3 +172,14 @@ def test_pipeline_skips_registration_when_poses_collapse(tmp_path, rng):
     assert lm["after"]["TRE_mm"] == lm["before"]["TRE_mm"]
     assert "displacement" not in res.paths and res.paths["report"].exists()
     assert "Registration skipped" in res.paths["report"].read_text()
+
+
+def test_estimate_poses_progress_ends_at_its_total(tmp_path, rng):
+    sweep_path, *_ = _write_phantom_case(tmp_path, rng)
+    sw = st.load_sweep(sweep_path)
+    seen = []
+    G, L = st.estimate_poses(sw, method="decorrelation", progress=lambda d, t: seen.append((d, t)))
+    assert G.shape == (sw.n_frames - 1, 4, 4) and L.shape == G.shape
+    done, total = seen[-1]
+    assert done == total == 2 * sw.n_frames  # the bar closes (it stopped at 2N - 2 before)
+    assert all(d <= t for d, t in seen)

@@ -176,6 +176,8 @@ def estimate_poses(
             progress(min(done[0], 2 * n), 2 * n)
 
     G, L = predictor(sweep.frames, sweep.T_mm_from_pixel, progress=report)
+    if progress is not None:  # the units are approximate: close the bar when done
+        progress(2 * n, 2 * n)
     return np.asarray(G, dtype=np.float64), np.asarray(L, dtype=np.float64)
 
 
