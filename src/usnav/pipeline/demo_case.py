@@ -117,7 +117,7 @@ def _random_pose_error(rng: np.random.Generator, rot_deg: float, shift_mm: float
 def simulate_demo_case(
     seed: int = 0,
     n_frames: int = 160,
-    frame_hw: tuple[int, int] = (240, 320),
+    frame_hw: tuple[int, int] = (480, 640),
     depth_mm: float = 90.0,
     init_error: tuple[float, float] = (8.0, 6.0),
     protocol: str = "Per_L_DtP",
@@ -126,6 +126,8 @@ def simulate_demo_case(
 ) -> DemoCase:
     """Simulate the case (a few tens of seconds for the default size on 2 cores).
 
+    frame_hw: frame size in pixels; the default weights' features are measured on
+        480x640 frames (frames rendered smaller have other speckle statistics).
     init_error: (rotation degrees about the imaged region's centre, translation mm)
         of the navigation pose error.
     protocol: probe motion (:func:`usnav.sim.motion.trajectory`); the default, a
