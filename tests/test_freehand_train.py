@@ -290,3 +290,20 @@ def test_train_with_protocol_sign_options(tiny_data: Path, tmp_path: Path):
     assert m["infer_window"] == 0 and m["frame_index_input"] and m["n_features"] == model.feature_mean.numel()
     G, L = predict_transforms(model, np.zeros((15, m["n_features"] - 1), np.float32))
     assert G.shape == (15, 4, 4) and np.isfinite(G).all()
+
+
+def test_cli_train_defaults_are_the_config_defaults():
+    """`usnav freehand train` without recipe flags trains the recipe of the default weights."""
+    import inspect
+
+    from usnav.cli.freehand import train_cmd
+
+    cli = {k: p.default.default for k, p in inspect.signature(train_cmd).parameters.items()}
+    cfg = TrainConfig()
+    pairs = {"window": "window", "window_stride": "window_stride", "mirror_p": "mirror_p", "start_p": "start_p",
+             "frame_index": "frame_index_input", "infer_window": "infer_window", "min_frames": "min_frames"}
+    for cli_name, cfg_name in pairs.items():
+        assert cli[cli_name] == getattr(cfg, cfg_name), cli_name
+    shipped = json.loads((Path(__file__).parents[1] / "src/usnav/models/freehand/config.json").read_text())["train"]
+    for cfg_name in pairs.values():
+        assert shipped[cfg_name] == getattr(cfg, cfg_name), cfg_name

@@ -55,16 +55,16 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: a full pass over the training samples
     checkpoint_every: int = 0  # also save ``last`` every K steps (0: at epoch ends only)
     max_minutes: float = 0.0  # stop (and save) after this wall time (0: no limit)
-    window: int = 32  # sequence: local transforms per training window
-    window_stride: int = 8
+    window: int = 256  # sequence: local transforms per training window
+    window_stride: int = 16
     reverse_p: float = 0.5  # time-reversal augmentation probability
     preset: str = "lite"  # two-frame network preset (lite | b1)
     clip_grad: float = 1.0  # gradient norm clipping (0: off)
-    mirror_p: float = 0.5  # sequence features: probability of z-mirroring a window's labels (sign symmetry)
-    start_p: float = 0.0  # sequence features: probability that a training window starts at the scan's first frame
-    frame_index_input: bool = False  # sequence features: each pair's index in the scan as one more input
-    infer_window: int = -1  # sequence features: pairs per inference pass (-1: the training window, 0: whole scan)
-    min_frames: int = 0  # sequence features: scans shorter than a window but this long give one padded window
+    mirror_p: float = 0.0  # sequence features: probability of z-mirroring a window's labels (sign symmetry)
+    start_p: float = 0.25  # sequence features: probability that a training window starts at the scan's first frame
+    frame_index_input: bool = True  # sequence features: each pair's index in the scan as one more input
+    infer_window: int = 0  # sequence features: pairs per inference pass (-1: the training window, 0: whole scan)
+    min_frames: int = 64  # sequence features: scans shorter than a window but this long give one padded window
     sequence_input: str = "features"  # sequence: "features" (decorrelation pair features) or "frames" (pair CNN)
     feature_cache: str = ""  # folder caching the pair features of training scans ("" = RUN/feature_cache)
     model_overrides: dict = field(default_factory=dict)
