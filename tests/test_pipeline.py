@@ -183,3 +183,18 @@ def test_estimate_poses_progress_ends_at_its_total(tmp_path, rng):
     done, total = seen[-1]
     assert done == total == 2 * sw.n_frames  # the bar closes (it stopped at 2N - 2 before)
     assert all(d <= t for d, t in seen)
+
+
+def test_cli_demo_runs_end_to_end_on_a_short_sweep(tmp_path, capsys):
+    """`usnav demo` (what `make demo` runs), shortened to 20 frames: the whole path, outputs and summary."""
+    assert main(["demo", "--frames", "20", "--no-reference", "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    results = tmp_path / "demo" / "results"
+    assert "report:" in printed and "report.html" in printed and "final frame drift (mm)" in printed
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["tusrec"]["LPE"] > 0 and metrics["landmarks"]["before"]["TRE_mm"] > 0
+    # 20 frames span a few millimetres: the volume is too thin to register, and the run says so
+    assert "thick" in metrics["registration"]["skipped"]
+    assert set(metrics["timings_s"]) >= {"trackerless poses", "compounding", "registration", "report"}
+    for name in ("us_volume.nii.gz", "transforms.h5", "report.html"):
+        assert (results / name).stat().st_size > 0
