@@ -187,7 +187,10 @@ def test_estimate_poses_progress_ends_at_its_total(tmp_path, rng):
 
 def test_cli_demo_runs_end_to_end_on_a_short_sweep(tmp_path, capsys):
     """`usnav demo` (what `make demo` runs), shortened to 20 frames: the whole path, outputs and summary."""
-    assert main(["demo", "--frames", "20", "--no-reference", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--init-error-deg", "90", "--out", str(tmp_path / "bad")]) == 2
+    assert "--init-error-deg must be in [0, 45]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["demo", "--frames", "20", "--no-reference", "--init-error-deg", "15", "--init-error-mm", "10",
+                 "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
     results = tmp_path / "demo" / "results"
     assert "report:" in printed and "report.html" in printed and "final frame drift (mm)" in printed

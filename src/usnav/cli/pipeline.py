@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from usnav.errors import InputError
+
 
 def _progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -82,16 +84,22 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the simulated case."),
         frames: int = typer.Option(160, help="Frames in the simulated sweep."),
         method: str = typer.Option("default", help="Pose estimation method for the pipeline."),
+        init_error_deg: float = typer.Option(8.0, help="Rotation error of the simulated navigation pose (degrees)."),
+        init_error_mm: float = typer.Option(6.0, help="Translation error of the simulated navigation pose (mm)."),
         reference: bool = typer.Option(True, help="Also run the pipeline with the simulator's true (tracked) poses, "
                                                   "to separate reconstruction from registration errors."),
     ) -> None:
         """Simulate a brain case with a freehand sweep through the craniotomy and run the pipeline on it."""
+        if not (0.0 <= init_error_deg <= 45.0 and 0.0 <= init_error_mm <= 50.0):
+            raise InputError(f"--init-error-deg must be in [0, 45] and --init-error-mm in [0, 50], "
+                             f"got {init_error_deg} and {init_error_mm}")
         from usnav.pipeline import run
         from usnav.pipeline.demo_case import simulate_demo_case, write_demo_case
 
         with _progress_bar() as progress:
             stages = _Stages(progress)
-            case = simulate_demo_case(seed=seed, n_frames=frames, progress=stages)
+            case = simulate_demo_case(seed=seed, n_frames=frames, init_error=(init_error_deg, init_error_mm),
+                                      progress=stages)
             inputs = write_demo_case(case, out / "inputs")
             result = run(inputs["sweep"], [inputs["cet1"], inputs["t2"]], inputs["init_pose"], out / "results",
                          method=method, spacing_mm=0.5, landmarks_mri=inputs["landmarks_mri"],
