@@ -42,7 +42,7 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     seed: int = typer.Option(0, help="Random seed (initialisation, sample order, augmentation)."),
     val_fraction: float = typer.Option(0.1, help="Fraction of scans held out for validation."),
-    batch_size: int = typer.Option(0, help="Batch size per process (0: 16 pairs two-frame, 4 windows sequence)."),
+    batch_size: int = typer.Option(0, help="Batch size per process (0: 16 pairs two-frame, 8 windows sequence; 4 with frame input)."),
     lr: float = typer.Option(0.0, help="Adam learning rate (0: 1e-4 two-frame and frame-input sequence, 5e-4 feature-input sequence)."),
     steps_per_epoch: int = typer.Option(0, help="Cap the steps of an epoch (0: a full pass)."),
     checkpoint_every: int = typer.Option(0, help="Also save last/ every K steps."),

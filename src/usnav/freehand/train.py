@@ -48,7 +48,7 @@ class TrainConfig:
     method: str = "sequence"
     input_hw: tuple[int, int] = (96, 128)
     epochs: int = 10
-    batch_size: int = 0  # 0: method default (16 pairs for two-frame, 4 windows for sequence)
+    batch_size: int = 0  # 0: method default (16 pairs two-frame, 8 windows feature sequence, 4 frame sequence)
     lr: float = 0.0  # 0: method default (1e-4 two-frame and frame-input sequence, 5e-4 feature-input sequence)
     seed: int = 0
     val_fraction: float = 0.2
