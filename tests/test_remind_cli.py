@@ -92,3 +92,24 @@ def test_bad_inputs_exit_2(small_ds, tmp_path, capsys):
     assert "data set folder not found" in capsys.readouterr().err
     assert main(["remind", "score", str(small_ds), str(tmp_path)]) == 2  # no disp files there
     assert "displacement field not found" in capsys.readouterr().err
+
+
+def test_clean_us_leaves_the_speckled_us_unchanged_and_removes_speckle(small_ds, tmp_path):
+    root = tmp_path / "clean"
+    rc = main(["simulate", "remind", str(root), "--cases", "1", "--first-case", "3", "--seed", "11",
+               "--grid", "64", "--spacing", "2.0", "--clean-us"])
+    assert rc == 0
+    name = l2r.image_name(3, 0)
+    a = l2r.read_volume(small_ds / "imagesVal" / name, dtype=None).array
+    b = l2r.read_volume(root / "imagesVal" / name, dtype=None).array
+    assert np.array_equal(a, b)  # no extra random numbers are drawn for the clean render
+    assert not (small_ds / "groundtruth" / "ReMIND2Reg_0003_0000_clean.nii.gz").exists()
+    clean = l2r.read_volume(root / "groundtruth" / "ReMIND2Reg_0003_0000_clean.nii.gz", dtype=None).array
+    assert clean.dtype == np.uint8 and clean.shape == a.shape
+    fov = a > 0
+    # speckle: neighbouring voxels differ far more in the speckled volume than in the clean one
+    d_us = np.abs(np.diff(a.astype(np.float32), axis=0))[fov[1:] & fov[:-1]].mean()
+    d_cl = np.abs(np.diff(clean.astype(np.float32), axis=0))[fov[1:] & fov[:-1]].mean()
+    assert d_cl < 0.5 * d_us
+    # same brightness scale: the clean render follows the speckled one's mean echo level
+    assert 0.5 < clean[fov].mean() / a[fov].mean() < 1.5

@@ -22,6 +22,11 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Write into imagesVal (val) or imagesTr (train)."),
         grid: int = typer.Option(256, "--grid", min=32, help="Voxels per axis (challenge: 256)."),
         spacing: float = typer.Option(0.5, "--spacing", min=0.05, help="Voxel spacing, mm (challenge: 0.5)."),
+        clean_us: bool = typer.Option(
+            False, "--clean-us",
+            help="Also write the iUS rendered without speckle (groundtruth/<case>_0000_clean.nii.gz), the "
+                 "target of `usnav remind train-synthesis`.",
+        ),
         workers: Optional[int] = workers_option(),  # batch layer (usnav.batch)
         ray: Optional[str] = ray_option(),  # batch layer
         retries: int = retries_option(),  # batch layer
@@ -44,6 +49,7 @@ def register(app: typer.Typer) -> None:
             spacing_mm=spacing,
             n_r=max(64, int(320 * min(1.0, grid / 256 * 2))),
             n_ang=max(48, int(128 * min(1.0, grid / 256 * 2))),
+            clean_us=clean_us,
         )
         del scale
         # ---- batch layer (usnav.batch): one case per ReMIND case, resumable; --workers / --ray / --retries

@@ -60,6 +60,7 @@ class SimConfig:
     dynamic_range_db: float = 50.0
     n_landmarks: int = 20
     min_landmarks: int = 15
+    clean_us: bool = False  # also render the iUS without speckle (training target of a despeckler)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class CaseTruth:
     fov_mask: np.ndarray  # (X,Y,Z) bool, inside the US cone
     cavity_mask: np.ndarray  # (X,Y,Z) bool, resection cavity (fixed grid)
     info: dict
+    us_clean: np.ndarray | None = None  # (X,Y,Z) uint8, the same iUS without speckle (SimConfig.clean_us)
 
 
 # ----------------------------------------------------------------------------- anatomy
@@ -295,8 +297,16 @@ def render_us(
     disp_fine: torch.Tensor,
     cfg: SimConfig,
     gen: torch.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Post-resection B-mode volume on the fixed grid -> (us uint8 (X,Y,Z), fov mask bool)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Post-resection B-mode volume on the fixed grid -> (us uint8 (X,Y,Z), fov mask bool, clean us or None).
+
+    With ``cfg.clean_us`` the same volume is also rendered without speckle: the
+    scatterer field is replaced by its RMS envelope after the PSF
+    (``sqrt(2 * sum(psf^2)) * echo``), the specular part, attenuation,
+    shadowing and log compression (same reference level) are kept, and the
+    electronic noise is its mean. No extra random numbers are drawn, so the
+    speckled volume is the same with or without it.
+    """
     shape = cfg.shape
     Ainv = torch.as_tensor(np.linalg.inv(affine), dtype=torch.float32)
     A = torch.as_tensor(affine, dtype=torch.float32)
@@ -338,13 +348,26 @@ def render_us(
     # attenuation after TGC and shadowing behind strong reflectors
     r = torch.linspace(probe.r_min, probe.r_max, n_r)
     trans = torch.exp(-0.35 * torch.cumsum(spec * dr, dim=0))
-    env = env * torch.exp(-0.006 * r)[:, None, None] * trans
+    gain = torch.exp(-0.006 * r)[:, None, None] * trans
+    env = env * gain
     env = env + 0.004 * torch.rand(env.shape, generator=gen)  # electronic noise floor
     ref = torch.quantile(env.reshape(-1)[:: max(1, env.numel() // 2_000_000)], 0.995)
-    db = 20 * torch.log10(env / ref + 1e-9)
-    bmode = ((db + cfg.dynamic_range_db) / cfg.dynamic_range_db).clamp(0, 1) * 255.0
+
+    def log_compress(e: torch.Tensor) -> torch.Tensor:
+        db = 20 * torch.log10(e / ref + 1e-9)
+        return ((db + cfg.dynamic_range_db) / cfg.dynamic_range_db).clamp(0, 1) * 255.0
+
+    bmode = log_compress(env)
+    bmode_clean = None
+    if cfg.clean_us:
+        energy = float((k_ax**2).sum() * (k_lat**2).sum() ** 2)
+        rc = echo * np.sqrt(2.0 * energy) + 0.8 * spec
+        for ax, k in ((0, k_ax), (1, k_lat), (2, k_lat)):
+            rc = _conv_axis(rc, k, ax)
+        bmode_clean = log_compress(rc.abs() * gain + 0.002)
     # scan conversion onto the fixed grid
     out = torch.zeros(int(np.prod(shape)), dtype=torch.float32)
+    out_clean = torch.zeros_like(out) if bmode_clean is not None else None
     fov = torch.zeros(int(np.prod(shape)), dtype=torch.bool)
     grid = identity_grid(shape).reshape(-1, 3)
     chunk = 4_000_000
@@ -357,9 +380,15 @@ def render_us(
         )
         vals = sample_points(bmode[None], idx)[0]
         out[i : i + chunk] = torch.where(ins, vals, torch.zeros_like(vals))
+        if out_clean is not None:
+            vc = sample_points(bmode_clean[None], idx)[0]
+            out_clean[i : i + chunk] = torch.where(ins, vc, torch.zeros_like(vc))
         fov[i : i + chunk] = ins
-    us = out.reshape(shape).round().clamp(0, 255).to(torch.uint8).numpy()
-    return us, fov.reshape(shape).numpy()
+
+    def to_u8(x: torch.Tensor) -> np.ndarray:
+        return x.reshape(shape).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    return to_u8(out), fov.reshape(shape).numpy(), (to_u8(out_clean) if out_clean is not None else None)
 
 
 # ----------------------------------------------------------------------------- landmarks
@@ -479,7 +508,7 @@ def simulate_case(case: int, seed: int = 0, cfg: SimConfig | None = None) -> Cas
     cet1 *= bias
     t2 *= bias
     del grid, mri
-    us, fov = render_us(anat, probe, affine, disp_t, cfg, gen)
+    us, fov, us_clean = render_us(anat, probe, affine, disp_t, cfg, gen)
     # landmarks
     lf = _pick_landmarks(anat, probe, affine, shift_coarse, cfg, rng)
     lm = lf + interpolate_displacement(disp, lf)
@@ -504,7 +533,12 @@ def simulate_case(case: int, seed: int = 0, cfg: SimConfig | None = None) -> Cas
         "fov_fraction": float(fov.mean()),
         "preop_tumour_voxels_coarse": int(cav_c.sum()),
     }
-    return CaseTruth(case, affine, us, cet1, t2, shift_coarse, disp, lf, lm, fov, cavity, info)
+    return CaseTruth(case, affine, us, cet1, t2, shift_coarse, disp, lf, lm, fov, cavity, info, us_clean)
+
+
+def clean_us_name(case: int) -> str:
+    """File name (in ``groundtruth/``) of a case's speckle-free iUS."""
+    return f"ReMIND2Reg_{case:04d}_0000_clean.nii.gz"
 
 
 def write_case(root: str | Path, truth: CaseTruth, split: str = "val") -> list[Path]:
@@ -529,6 +563,8 @@ def write_case(root: str | Path, truth: CaseTruth, split: str = "val") -> list[P
     out.append(
         l2r.write_volume(gt / f"ReMIND2Reg_{c:04d}_shift_coarse.nii.gz", truth.shift_coarse, truth.affine @ T_vox_from_coarse)
     )
+    if truth.us_clean is not None:
+        out.append(l2r.write_volume(gt / clean_us_name(c), truth.us_clean, truth.affine))
     jp = gt / f"ReMIND2Reg_{c:04d}.json"
     from usnav.io.atomic import atomic_path
 
