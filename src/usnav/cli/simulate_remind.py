@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
         spacing: float = typer.Option(0.5, "--spacing", min=0.05, help="Voxel spacing, mm (challenge: 0.5)."),
         clean_us: bool = typer.Option(
             False, "--clean-us",
-            help="Also write the iUS rendered without speckle (groundtruth/<case>_0000_clean.nii.gz), the "
-                 "target of `usnav remind train-synthesis`.",
+            help="Also write the iUS rendered without speckle (groundtruth/<case>_0000_clean.nii.gz), a "
+                 "reference for despeckling and oracle checks (the speckled iUS is unchanged).",
         ),
         workers: Optional[int] = workers_option(),  # batch layer (usnav.batch)
         ray: Optional[str] = ray_option(),  # batch layer

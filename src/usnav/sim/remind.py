@@ -60,7 +60,7 @@ class SimConfig:
     dynamic_range_db: float = 50.0
     n_landmarks: int = 20
     min_landmarks: int = 15
-    clean_us: bool = False  # also render the iUS without speckle (training target of a despeckler)
+    clean_us: bool = False  # also render the iUS without speckle (reference for despeckling / oracle checks)
 
 
 @dataclass
@@ -341,9 +341,13 @@ def render_us(
     k_ax = _gauss_kernel(0.3 / dr)
     dth = 2 * probe.half_angle / (n_a - 1)
     k_lat = _gauss_kernel(np.arctan(0.9 / 50.0) / dth)
-    for ax, k in ((0, k_ax), (1, k_lat), (2, k_lat)):
-        re = _conv_axis(re, k, ax)
-        im = _conv_axis(im, k, ax)
+
+    def psf(x: torch.Tensor) -> torch.Tensor:
+        for ax, k in ((0, k_ax), (1, k_lat), (2, k_lat)):
+            x = _conv_axis(x, k, ax)
+        return x
+
+    re, im = psf(re), psf(im)
     env = torch.sqrt(re**2 + im**2)
     # attenuation after TGC and shadowing behind strong reflectors
     r = torch.linspace(probe.r_min, probe.r_max, n_r)
@@ -361,13 +365,11 @@ def render_us(
     bmode_clean = None
     if cfg.clean_us:
         energy = float((k_ax**2).sum() * (k_lat**2).sum() ** 2)
-        rc = echo * np.sqrt(2.0 * energy) + 0.8 * spec
-        for ax, k in ((0, k_ax), (1, k_lat), (2, k_lat)):
-            rc = _conv_axis(rc, k, ax)
+        rc = psf(echo * np.sqrt(2.0 * energy) + 0.8 * spec)
         bmode_clean = log_compress(rc.abs() * gain + 0.002)
     # scan conversion onto the fixed grid
-    out = torch.zeros(int(np.prod(shape)), dtype=torch.float32)
-    out_clean = torch.zeros_like(out) if bmode_clean is not None else None
+    bmodes = torch.stack([bmode, bmode_clean]) if bmode_clean is not None else bmode[None]
+    out = torch.zeros((len(bmodes), int(np.prod(shape))), dtype=torch.float32)
     fov = torch.zeros(int(np.prod(shape)), dtype=torch.bool)
     grid = identity_grid(shape).reshape(-1, 3)
     chunk = 4_000_000
@@ -378,17 +380,14 @@ def render_us(
         idx = torch.stack(
             [(rr - probe.r_min) / dr, (tx + ha) / dth, (ty + ha) / dth], -1
         )
-        vals = sample_points(bmode[None], idx)[0]
-        out[i : i + chunk] = torch.where(ins, vals, torch.zeros_like(vals))
-        if out_clean is not None:
-            vc = sample_points(bmode_clean[None], idx)[0]
-            out_clean[i : i + chunk] = torch.where(ins, vc, torch.zeros_like(vc))
+        vals = sample_points(bmodes, idx)
+        out[:, i : i + chunk] = torch.where(ins, vals, torch.zeros_like(vals))
         fov[i : i + chunk] = ins
 
     def to_u8(x: torch.Tensor) -> np.ndarray:
         return x.reshape(shape).round().clamp(0, 255).to(torch.uint8).numpy()
 
-    return to_u8(out), fov.reshape(shape).numpy(), (to_u8(out_clean) if out_clean is not None else None)
+    return to_u8(out[0]), fov.reshape(shape).numpy(), (to_u8(out[1]) if len(out) > 1 else None)
 
 
 # ----------------------------------------------------------------------------- landmarks
