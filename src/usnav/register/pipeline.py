@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from usnav.register.affine import fit_rigid_affine, scale_transform, warp_affine
 from usnav.register.deformable import adam_refine, discrete_convex, unfold
+from usnav.register.lc2 import lc2_refine
 from usnav.register.features import downsample, gaussian_blur, local_normalise, mind_ssc
 from usnav.register.warp import identity_grid, resize_field, warp_volume
 
@@ -61,6 +62,12 @@ class RegistrationConfig:
     dark_frac: float = 0.0  # leave out level voxels darker than this fraction of the FOV median (0 = off)
     lncc_weight: float = 0.0  # weight of locally normalised intensity channels (0 = MIND only)
     lncc_sigma: float = 3.0  # their window (voxels at half the level resolution)
+    lc2_iters: int = 0  # LC2 refinement at half the grid resolution after the MIND stages (0 = off; 60 measured), see register.lc2
+    lc2_lambda: float = 1.0
+    lc2_lr: float = 0.2
+    lc2_smooth: int = 4
+    lc2_ctrl_mm: float = 4.0
+    lc2_window: int = 7  # patch size (half-resolution voxels; 3.5 mm at 0.5 mm)
     keep_stages: bool = False  # keep intermediate level fields in info["stages"] (debugging)
 
 
@@ -306,7 +313,18 @@ def register_pair(
 
     disp = total(v_f)
     if cfg.keep_stages:
+        stages["mind"] = v_f
         info["stages"] = {k: total(v) for k, v in stages.items()}
+    if cfg.deformable and cfg.lc2_iters > 0:
+        movs_half = [_normalise_mri(downsample(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), 2)) for m in movings]
+        box = _crop_box(fov_full, cf, 1)
+        disp, linfo = lc2_refine(
+            disp, fixed_us, fov_full.numpy(), movs_half, box, iters=cfg.lc2_iters, lam=cfg.lc2_lambda, lr=cfg.lc2_lr,
+            smooth=cfg.lc2_smooth, ctrl=max(1, int(round(cfg.lc2_ctrl_mm / float(sp.mean() * 2)))),
+            window=cfg.lc2_window,
+        )
+        info.update(linfo)
+        info["t_lc2_s"] = time.perf_counter() - t0
     rt = time.perf_counter() - t0
     info["runtime_s"] = rt
     return RegistrationResult(disp, T_full, rt, info)
