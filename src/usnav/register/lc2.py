@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from usnav.register.deformable import _smooth_cf
 from usnav.register.features import downsample, gaussian_blur
+from usnav.register.warp import extend_field, resize_field, warp_volume
 
 __all__ = ["lc2_similarity", "lc2_refine"]
 
@@ -98,12 +99,9 @@ def lc2_refine(
     mov1 = torch.stack(list(movings_half))
     shape1 = tuple(us1.shape)
     u_crop = torch.from_numpy(np.ascontiguousarray(disp_vox[crop], dtype=np.float32)).permute(3, 0, 1, 2)
-    u1 = F.avg_pool3d(u_crop[None], 2)[0] / 2  # half-resolution voxels
-    axes = [torch.arange(n, dtype=torch.float32) for n in shape1]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
     offset = torch.tensor([lo[k] / 2 for k in range(3)], dtype=torch.float32)[:, None, None, None]
-    base = grid + offset + u1  # moving half-resolution voxel coordinates
-    extent = torch.tensor(mov1.shape[1:], dtype=torch.float32).flip(0) - 1
+    # box voxel -> moving half-resolution voxel displacement (the box starts at lo / 2 of the moving grid)
+    base = offset + downsample(u_crop, 2) / 2
     cshape = tuple(max(2, n // ctrl) for n in shape1)
     param = torch.zeros((3,) + cshape, requires_grad=True)
     opt = torch.optim.Adam([param], lr=lr)
@@ -112,9 +110,7 @@ def lc2_refine(
         return F.interpolate(_smooth_cf(p, smooth)[None], size=shape1, mode="trilinear", align_corners=False)[0]
 
     def similarity(r: torch.Tensor) -> torch.Tensor:
-        q = base + r
-        g = torch.stack([q[2], q[1], q[0]], -1) / extent * 2 - 1
-        warped = F.grid_sample(mov1[None], g[None], align_corners=True, padding_mode="border")[0]
+        warped = warp_volume(mov1, (base + r).permute(1, 2, 3, 0), padding="border")
         chans = torch.cat([warped, torch.stack([_gradient_magnitude(x) for x in warped])])
         return lc2_similarity(us1, chans, w1, window, stride)
 
@@ -131,11 +127,8 @@ def lc2_refine(
         r = dense(param)
         info["lc2_end"] = float(similarity(r))
         # extend the residual outside the box by replicate padding (no step at the box faces)
-        full = [n // 2 for n in disp_vox.shape[:3]]
-        pads = []
-        for k in (2, 1, 0):
-            pads += [lo[k] // 2, full[k] - lo[k] // 2 - shape1[k]]
-        r_full = F.pad(r[None], pads, mode="replicate")
-        r_fine = F.interpolate(r_full, size=tuple(disp_vox.shape[:3]), mode="trilinear", align_corners=False)[0] * 2
-    out = np.asarray(disp_vox, dtype=np.float32) + r_fine.permute(1, 2, 3, 0).numpy()
+        full = tuple(n // 2 for n in disp_vox.shape[:3])
+        r_full = extend_field(r.permute(1, 2, 3, 0), [lo[k] // 2 for k in range(3)], full)
+        r_fine = resize_field(r_full, tuple(disp_vox.shape[:3]))
+    out = np.asarray(disp_vox, dtype=np.float32) + r_fine.numpy()
     return out, info

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from usnav.register.affine import fit_rigid_affine, scale_transform, warp_affine
 from usnav.register.deformable import adam_refine, discrete_convex, unfold
-from usnav.register.lc2 import lc2_refine
 from usnav.register.features import downsample, gaussian_blur, local_normalise, mind_ssc
-from usnav.register.warp import identity_grid, resize_field, warp_volume
+from usnav.register.lc2 import lc2_refine
+from usnav.register.warp import extend_field, identity_grid, resize_field, warp_volume
 
 __all__ = ["RegistrationConfig", "RegistrationResult", "register_pair", "auto_cavity_mask", "warp_image", "compose_affine_field"]
 
@@ -297,13 +297,9 @@ def register_pair(
     # back to the full grid: pad the level field (replicate), translate the affine
     full_l = tuple(s // ff for s in shape)
     lo_l = [lo[k] // ff for k in range(3)]
-    pads = []
-    for k in (2, 1, 0):
-        pads += [lo_l[k], full_l[k] - lo_l[k] - lshape[k]]
 
     def to_full(v: torch.Tensor) -> torch.Tensor:
-        x = F.pad(v.permute(3, 0, 1, 2)[None], pads, mode="replicate")[0]
-        return resize_field(x.permute(1, 2, 3, 0), shape)
+        return resize_field(extend_field(v, lo_l, full_l), shape)
 
     O = np.eye(4)
     O[:3, 3] = lo
@@ -313,8 +309,8 @@ def register_pair(
 
     disp = total(v_f)
     if cfg.keep_stages:
-        stages["mind"] = v_f
         info["stages"] = {k: total(v) for k, v in stages.items()}
+        info["stages"]["mind"] = disp
     if cfg.deformable and cfg.lc2_iters > 0:
         movs_half = [_normalise_mri(downsample(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), 2)) for m in movings]
         box = _crop_box(fov_full, cf, 1)

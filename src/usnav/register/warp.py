@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sample_points", "warp_volume", "identity_grid", "resize_field", "upsample_field_to"]
+__all__ = ["sample_points", "warp_volume", "identity_grid", "resize_field", "upsample_field_to", "extend_field"]
 
 
 def _normalise(idx: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -60,3 +60,11 @@ def resize_field(disp: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tenso
 def upsample_field_to(disp: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """Alias of :func:`resize_field` (kept for readability at call sites)."""
     return resize_field(disp, shape)
+
+
+def extend_field(disp: torch.Tensor, lo: list[int], full_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Place a field (X,Y,Z,3) computed on a box starting at voxel ``lo`` into ``full_shape``, replicate-padded."""
+    pads: list[int] = []
+    for k in (2, 1, 0):
+        pads += [lo[k], full_shape[k] - lo[k] - disp.shape[k]]
+    return F.pad(disp.permute(3, 0, 1, 2)[None], pads, mode="replicate")[0].permute(1, 2, 3, 0)
