@@ -2,7 +2,10 @@
 
 In each patch the iUS is modelled as a linear combination of the MRI
 intensities and their gradient magnitudes (ceT1, |grad ceT1|, T2, |grad T2|,
-plus a constant). The similarity is the share of the iUS variance that the
+plus a constant). When the beam direction ``d`` is known (a sector field of
+view, see register.beam) the gradient channels are ``|d . grad M|`` instead:
+a boundary echoes when the beam meets it head-on, not when it runs along it
+(the reflection term of Wein et al. 2008). The similarity is the share of the iUS variance that the
 best such combination explains, pooled over patches with the iUS variance
 as weight: ``sum_p c_p^T C_p^-1 c_p / sum_p var_p``, in [0, 1].
 
@@ -58,6 +61,12 @@ def _gradient_magnitude(m: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2 + 1e-6)
 
 
+def _beam_gradient(m: torch.Tensor, beam_dir: torch.Tensor) -> torch.Tensor:
+    """|d . grad m| (smoothed at 0) for unit beam directions ``beam_dir`` (3, X, Y, Z)."""
+    g = torch.gradient(m, dim=(0, 1, 2))
+    return torch.sqrt((g[0] * beam_dir[0] + g[1] * beam_dir[1] + g[2] * beam_dir[2]) ** 2 + 1e-6)
+
+
 def lc2_refine(
     disp_vox: np.ndarray,
     us: np.ndarray,
@@ -72,6 +81,7 @@ def lc2_refine(
     window: int = 7,
     stride: int = 3,
     us_sigma: float = 1.0,
+    beam_dir: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Refine a full-grid pull field (fine voxels) by maximising LC2 at half the grid resolution.
 
@@ -82,6 +92,8 @@ def lc2_refine(
         box: (lo, hi) fine-voxel bounds (multiples of 2) of the region to work on.
         ctrl: control-grid spacing in half-resolution voxels; ``smooth`` 3^3 box passes over it.
         lam: diffusion weight on the residual control displacements.
+        beam_dir: optional (3, X/2, Y/2, Z/2) unit beam directions over the box at half resolution
+            (``register.beam.beam_directions(apex, lo, shape, 2)``); the gradient channels become |d . grad M|.
 
     Returns the refined field (X,Y,Z,3) float32 and ``{"lc2_start", "lc2_end"}``.
     """
@@ -111,7 +123,11 @@ def lc2_refine(
 
     def similarity(r: torch.Tensor) -> torch.Tensor:
         warped = warp_volume(mov1, (base + r).permute(1, 2, 3, 0), padding="border")
-        chans = torch.cat([warped, torch.stack([_gradient_magnitude(x) for x in warped])])
+        if beam_dir is None:
+            edges = [_gradient_magnitude(x) for x in warped]
+        else:
+            edges = [_beam_gradient(x, beam_dir) for x in warped]
+        chans = torch.cat([warped, torch.stack(edges)])
         return lc2_similarity(us1, chans, w1, window, stride)
 
     info = {}

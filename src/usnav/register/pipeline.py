@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from usnav.register.affine import fit_rigid_affine, scale_transform, warp_affine
+from usnav.register.beam import beam_directions, fit_cone
 from usnav.register.deformable import adam_refine, discrete_convex, unfold
 from usnav.register.features import downsample, gaussian_blur, local_normalise, mind_ssc
 from usnav.register.lc2 import lc2_refine
@@ -68,6 +69,7 @@ class RegistrationConfig:
     lc2_smooth: int = 4
     lc2_ctrl_mm: float = 4.0
     lc2_window: int = 7  # patch size (half-resolution voxels; 3.5 mm at 0.5 mm)
+    lc2_beam: bool = True  # beam-projected gradient channels when the FOV is a cone (register.beam.fit_cone)
     keep_stages: bool = False  # keep intermediate level fields in info["stages"] (debugging)
 
 
@@ -314,10 +316,17 @@ def register_pair(
     if cfg.deformable and cfg.lc2_iters > 0:
         movs_half = [_normalise_mri(downsample(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), 2)) for m in movings]
         box = _crop_box(fov_full, cf, 1)
+        beam_dir = None
+        if cfg.lc2_beam:
+            cone = fit_cone(fov_full.numpy())
+            info["cone"] = cone.as_dict()
+            if cone.accepted:
+                half_shape = tuple((box[1][k] - box[0][k]) // 2 for k in range(3))
+                beam_dir = beam_directions(cone.apex_vox, box[0], half_shape, 2)
         disp, linfo = lc2_refine(
             disp, fixed_us, fov_full.numpy(), movs_half, box, iters=cfg.lc2_iters, lam=cfg.lc2_lambda, lr=cfg.lc2_lr,
             smooth=cfg.lc2_smooth, ctrl=max(1, int(round(cfg.lc2_ctrl_mm / float(sp.mean() * 2)))),
-            window=cfg.lc2_window,
+            window=cfg.lc2_window, beam_dir=beam_dir,
         )
         info.update(linfo)
         info["t_lc2_s"] = time.perf_counter() - t0
