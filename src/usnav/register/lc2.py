@@ -109,6 +109,10 @@ def lc2_refine(
         us1 = gaussian_blur(us1, us_sigma)
     w1 = fov1.float()
     mov1 = torch.stack(list(movings_half))
+    if us_sigma > 0:
+        # the same blur on the MRIs (once, before warping): an unblurred MRI cannot explain a blurred
+        # iUS, and the fit would otherwise reward warps that imitate the blur
+        mov1 = gaussian_blur(mov1, us_sigma)
     shape1 = tuple(us1.shape)
     u_crop = torch.from_numpy(np.ascontiguousarray(disp_vox[crop], dtype=np.float32)).permute(3, 0, 1, 2)
     offset = torch.tensor([lo[k] / 2 for k in range(3)], dtype=torch.float32)[:, None, None, None]

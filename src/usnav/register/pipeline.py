@@ -63,9 +63,9 @@ class RegistrationConfig:
     dark_frac: float = 0.0  # leave out level voxels darker than this fraction of the FOV median (0 = off)
     lncc_weight: float = 0.0  # weight of locally normalised intensity channels (0 = MIND only)
     lncc_sigma: float = 3.0  # their window (voxels at half the level resolution)
-    lc2_iters: int = 0  # LC2 refinement at half the grid resolution after the MIND stages (0 = off; 60 measured), see register.lc2
-    lc2_lambda: float = 1.0
-    lc2_lr: float = 0.2
+    lc2_iters: int = 20  # LC2 refinement at half the grid resolution after the MIND stages (0 = off), see register.lc2
+    lc2_lambda: float = 0.1
+    lc2_lr: float = 0.6
     lc2_smooth: int = 4
     lc2_ctrl_mm: float = 4.0
     lc2_window: int = 7  # patch size (half-resolution voxels; 3.5 mm at 0.5 mm)
@@ -315,7 +315,7 @@ def register_pair(
         info["stages"]["mind"] = disp
     if cfg.deformable and cfg.lc2_iters > 0:
         movs_half = [_normalise_mri(downsample(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), 2)) for m in movings]
-        box = _crop_box(fov_full, cf, 1)
+        box = _crop_box(fov_full, cf, 0)  # the FOV bounding box (the residual is replicate-padded beyond it)
         beam_dir = None
         if cfg.lc2_beam:
             cone = fit_cone(fov_full.numpy())
