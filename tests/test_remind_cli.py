@@ -113,3 +113,19 @@ def test_clean_us_leaves_the_speckled_us_unchanged_and_removes_speckle(small_ds,
     assert d_cl < 0.5 * d_us
     # same brightness scale: the clean render follows the speckled one's mean echo level
     assert 0.5 < clean[fov].mean() / a[fov].mean() < 1.5
+
+
+def test_truth_field_maps_fixed_landmarks_onto_moving_ones(small_ds, tmp_path):
+    from usnav.errors import InputError
+    from usnav.metrics.remind import tre_mm
+    from usnav.sim.remind import read_truth_field, truth_shift_name
+
+    fix = l2r.read_volume(small_ds / "imagesVal" / "ReMIND2Reg_0003_0000.nii.gz")
+    lf = l2r.read_landmarks(small_ds / "landmarksVal" / "ReMIND2Reg_0003_0000.csv", fix.shape)
+    lm = l2r.read_landmarks(small_ds / "landmarksVal" / "ReMIND2Reg_0003_0001.csv", fix.shape)
+    u = read_truth_field(small_ds / "groundtruth" / truth_shift_name(3), fix.shape)
+    assert u.shape == (64, 64, 64, 3) and u.dtype == np.float32
+    assert tre_mm(None, lf, lm, fix.spacing_mm) > 1.0
+    assert tre_mm(u, lf, lm, fix.spacing_mm) < 0.01  # the landmarks were placed with this field (measured 1.3e-4 mm)
+    with pytest.raises(InputError, match="ReMIND2Reg_0003_0000.nii.gz: expected a"):
+        read_truth_field(small_ds / "imagesVal" / "ReMIND2Reg_0003_0000.nii.gz", fix.shape)

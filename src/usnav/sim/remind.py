@@ -43,7 +43,10 @@ from usnav.metrics.remind import interpolate_displacement
 from usnav.register.warp import identity_grid, sample_points
 from usnav.sim.brain_shift import coarse_centres_vox, make_brain_shift, upsample_shift
 
-__all__ = ["SimConfig", "CaseTruth", "simulate_case", "write_case", "simulate_dataset", "load_mni"]
+__all__ = [
+    "SimConfig", "CaseTruth", "simulate_case", "write_case", "simulate_dataset", "load_mni", "read_truth_field",
+    "truth_shift_name",
+]
 
 
 @dataclass
@@ -540,6 +543,30 @@ def clean_us_name(case: int) -> str:
     return f"ReMIND2Reg_{case:04d}_0000_clean.nii.gz"
 
 
+def truth_shift_name(case: int) -> str:
+    """File name (in ``groundtruth/``) of a case's coarse ground-truth shift field."""
+    return f"ReMIND2Reg_{case:04d}_shift_coarse.nii.gz"
+
+
+def read_truth_field(path: str | Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """Ground-truth pull field (X, Y, Z, 3) float32, fine voxels, on the fixed grid of ``shape``.
+
+    ``path`` is a ``groundtruth/ReMIND2Reg_<case>_shift_coarse.nii.gz`` written by
+    :func:`write_case` (values already in fine voxels, at the coarse cell centres); the
+    field is upsampled exactly as the simulator did when it deformed the anatomy.
+    """
+    from usnav.errors import input_error
+    from usnav.io.nifti import nifti_array, open_nifti
+
+    p = Path(path)
+    arr = nifti_array(open_nifti(p), p, dtype=np.float32)
+    if arr.ndim != 4 or arr.shape[3] != 3:
+        raise input_error(p, f"expected a (x, y, z, 3) shift field, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise input_error(p, "contains NaN or infinite values")
+    return upsample_shift(arr, tuple(int(n) for n in shape))
+
+
 def write_case(root: str | Path, truth: CaseTruth, split: str = "val") -> list[Path]:
     """Write one case in the Learn2Reg layout plus ``groundtruth/`` (coarse shift, JSON)."""
     root = Path(root)
@@ -560,7 +587,7 @@ def write_case(root: str | Path, truth: CaseTruth, split: str = "val") -> list[P
     T_vox_from_coarse[:3, 3] = (f - 1) / 2.0
     gt = root / "groundtruth"
     out.append(
-        l2r.write_volume(gt / f"ReMIND2Reg_{c:04d}_shift_coarse.nii.gz", truth.shift_coarse, truth.affine @ T_vox_from_coarse)
+        l2r.write_volume(gt / truth_shift_name(c), truth.shift_coarse, truth.affine @ T_vox_from_coarse)
     )
     if truth.us_clean is not None:
         out.append(l2r.write_volume(gt / clean_us_name(c), truth.us_clean, truth.affine))
