@@ -69,6 +69,7 @@ class RegistrationConfig:
     lc2_smooth: int = 4
     lc2_ctrl_mm: float = 4.0
     lc2_window: int = 7  # patch size (half-resolution voxels; 3.5 mm at 0.5 mm)
+    lc2_us_sigma: float = 0.7  # Gaussian blur of the iUS and (matched) the MRIs in the LC2 stage, half-resolution voxels
     lc2_beam: bool = True  # beam-projected gradient channels when the FOV is a cone (register.beam.fit_cone)
     keep_stages: bool = False  # keep intermediate level fields in info["stages"] (debugging)
 
@@ -326,7 +327,7 @@ def register_pair(
         disp, linfo = lc2_refine(
             disp, fixed_us, fov_full.numpy(), movs_half, box, iters=cfg.lc2_iters, lam=cfg.lc2_lambda, lr=cfg.lc2_lr,
             smooth=cfg.lc2_smooth, ctrl=max(1, int(round(cfg.lc2_ctrl_mm / float(sp.mean() * 2)))),
-            window=cfg.lc2_window, beam_dir=beam_dir,
+            window=cfg.lc2_window, beam_dir=beam_dir, us_sigma=cfg.lc2_us_sigma,
         )
         info.update(linfo)
         info["t_lc2_s"] = time.perf_counter() - t0
