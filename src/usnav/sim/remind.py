@@ -555,16 +555,8 @@ def read_truth_field(path: str | Path, shape: tuple[int, int, int]) -> np.ndarra
     :func:`write_case` (values already in fine voxels, at the coarse cell centres); the
     field is upsampled exactly as the simulator did when it deformed the anatomy.
     """
-    from usnav.errors import input_error
-    from usnav.io.nifti import nifti_array, open_nifti
-
-    p = Path(path)
-    arr = nifti_array(open_nifti(p), p, dtype=np.float32)
-    if arr.ndim != 4 or arr.shape[3] != 3:
-        raise input_error(p, f"expected a (x, y, z, 3) shift field, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise input_error(p, "contains NaN or infinite values")
-    return upsample_shift(arr, tuple(int(n) for n in shape))
+    coarse = l2r.read_displacement(path).array  # its shape and NaN checks; the coarse grid is smaller than ``shape``
+    return upsample_shift(coarse, tuple(int(n) for n in shape))
 
 
 def write_case(root: str | Path, truth: CaseTruth, split: str = "val") -> list[Path]:
