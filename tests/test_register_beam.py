@@ -7,7 +7,7 @@ import torch
 
 from usnav.register.beam import beam_directions, fit_cone
 from usnav.register.features import gaussian_blur
-from usnav.register.lc2 import _beam_gradient, _gradient_magnitude, lc2_similarity
+from usnav.register.lc2 import _edge_strength, lc2_similarity
 from usnav.sim.remind import Probe, _orthonormal_frame
 
 N = 96
@@ -54,9 +54,9 @@ def test_beam_gradient_explains_an_incidence_dependent_echo_better_than_the_grad
     m = gaussian_blur(torch.rand(48, 48, 48, generator=g), 2.0)
     m = torch.sigmoid(8 * (m - m.mean()) / m.std())
     d = beam_directions(np.array([24.0, 24.0, -30.0]), [0, 0, 0], (48, 48, 48), 1)
-    fixed = 0.3 * m + 2.0 * _beam_gradient(m, d)
+    fixed = 0.3 * m + 2.0 * _edge_strength(m, d)
     w = torch.ones(48, 48, 48)
-    s_beam = float(lc2_similarity(fixed, torch.stack([m, _beam_gradient(m, d)]), w, 7, 3))
-    s_mag = float(lc2_similarity(fixed, torch.stack([m, _gradient_magnitude(m)]), w, 7, 3))
+    s_beam = float(lc2_similarity(fixed, torch.stack([m, _edge_strength(m, d)]), w, 7, 3))
+    s_mag = float(lc2_similarity(fixed, torch.stack([m, _edge_strength(m)]), w, 7, 3))
     assert s_beam > 0.99
     assert s_mag < s_beam - 0.05, (s_mag, s_beam)

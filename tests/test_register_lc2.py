@@ -7,7 +7,7 @@ import torch
 
 from usnav.metrics.remind import landmark_errors_mm
 from usnav.register.features import downsample, gaussian_blur
-from usnav.register.lc2 import _gradient_magnitude, lc2_refine, lc2_similarity
+from usnav.register.lc2 import _edge_strength, lc2_refine, lc2_similarity
 from usnav.register.pipeline import warp_image
 
 N = 48
@@ -44,7 +44,7 @@ def test_lc2_refine_recovers_a_known_smooth_shift():
     u_true[..., 0] = 4.0 * np.sin(2 * np.pi * x[..., 1] / (2 * n2))  # fine voxels (0.5 mm): up to 2 mm
     u_true[..., 2] = 3.0
     moved = torch.from_numpy(warp_image(mri.numpy(), u_true))
-    fixed = 0.4 * moved + 3.0 * _gradient_magnitude(moved) + 0.05
+    fixed = 0.4 * moved + 3.0 * _edge_strength(moved) + 0.05
     fov = np.zeros((n2,) * 3, bool)
     fov[12:-12, 12:-12, 12:-12] = True
     us = (fixed.numpy() * fov).astype(np.float32)

@@ -56,14 +56,11 @@ def lc2_similarity(fixed: torch.Tensor, channels: torch.Tensor, weight: torch.Te
     return (explained * ok).sum() / (var_f * ok).sum().clamp(min=1e-9)
 
 
-def _gradient_magnitude(m: torch.Tensor) -> torch.Tensor:
+def _edge_strength(m: torch.Tensor, beam_dir: torch.Tensor | None = None) -> torch.Tensor:
+    """|grad m|, or |d . grad m| for unit beam directions ``beam_dir`` (3, X, Y, Z); smoothed at 0."""
     g = torch.gradient(m, dim=(0, 1, 2))
-    return torch.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2 + 1e-6)
-
-
-def _beam_gradient(m: torch.Tensor, beam_dir: torch.Tensor) -> torch.Tensor:
-    """|d . grad m| (smoothed at 0) for unit beam directions ``beam_dir`` (3, X, Y, Z)."""
-    g = torch.gradient(m, dim=(0, 1, 2))
+    if beam_dir is None:
+        return torch.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2 + 1e-6)
     return torch.sqrt((g[0] * beam_dir[0] + g[1] * beam_dir[1] + g[2] * beam_dir[2]) ** 2 + 1e-6)
 
 
@@ -127,11 +124,7 @@ def lc2_refine(
 
     def similarity(r: torch.Tensor) -> torch.Tensor:
         warped = warp_volume(mov1, (base + r).permute(1, 2, 3, 0), padding="border")
-        if beam_dir is None:
-            edges = [_gradient_magnitude(x) for x in warped]
-        else:
-            edges = [_beam_gradient(x, beam_dir) for x in warped]
-        chans = torch.cat([warped, torch.stack(edges)])
+        chans = torch.cat([warped, torch.stack([_edge_strength(x, beam_dir) for x in warped])])
         return lc2_similarity(us1, chans, w1, window, stride)
 
     info = {}
